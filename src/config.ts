@@ -1,0 +1,252 @@
+// Environment → one typed, validated config object. Every problem is collected and
+// reported at once (ConfigError → exit 2), so an operator fixes a deployment in one go.
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { z } from 'zod';
+import { PRICE_FIELDS, type PriceField } from './domain.js';
+import { ConfigError } from './errors.js';
+
+const HEATMAP_STRATEGIES = ['quantile', 'seed'] as const;
+export type HeatmapStrategy = (typeof HEATMAP_STRATEGIES)[number];
+
+const int = (min: number, max = Number.MAX_SAFE_INTEGER) =>
+  z.coerce
+    .number({ error: 'must be a number' })
+    .int({ error: 'must be a whole number' })
+    .min(min, { error: `must be at least ${min}` })
+    .max(max, { error: `must be at most ${max}` });
+
+const positive = z.coerce.number({ error: 'must be a number' }).positive({ error: 'must be greater than 0' });
+const optionalString = z.string().trim().min(1).optional();
+
+const rangeOf = <T extends z.ZodType>(bound: T) => z.strictObject({ from: bound.optional(), to: bound.optional() });
+const intRange = rangeOf(z.number().int());
+const floatRange = rangeOf(z.number());
+const dateRange = rangeOf(z.iso.datetime({ offset: true }));
+
+/** NIVODA_QUERY: checked against the contract's DiamondQuery input so a typo is a config error, not a failed run at 02:00. */
+const baseQuerySchema = z.strictObject({
+  dollar_value: intRange.optional(),
+  dollar_per_carat: intRange.optional(),
+  updated: dateRange.optional(),
+  sizes: floatRange.optional(),
+  shapes: z.array(z.string()).optional(),
+  labgrown: z.boolean().optional(),
+  has_image: z.boolean().optional(),
+  has_v360: z.boolean().optional(),
+  availability: z.array(z.string()).optional(),
+  hide_memo: z.boolean().optional(),
+  excludeFairPoorCuts: z.boolean().optional(),
+});
+export type BaseQuery = z.infer<typeof baseQuerySchema>;
+
+const envSchema = z.object({
+  NODE_ENV: z.string().optional(),
+  NIVODA_ENDPOINT: z.url({ error: 'must be a URL', protocol: /^https?$/ }),
+  NIVODA_USERNAME: z.string().min(1, { error: 'must not be empty' }),
+  NIVODA_PASSWORD: z.string().min(1, { error: 'must not be empty' }),
+  NIVODA_PRICE_FIELD: z.enum(PRICE_FIELDS, { error: `must be one of ${PRICE_FIELDS.join(', ')}` }).default('dollar_value'),
+  NIVODA_QUERY: z.string().optional(),
+  NIVODA_REQUEST_TIMEOUT_MS: int(100).default(30_000),
+  NIVODA_MAX_CONCURRENCY: int(1, 64).default(4),
+  NIVODA_MAX_REQUESTS_PER_SECOND: positive.default(10),
+  NIVODA_MAX_ATTEMPTS: int(1, 20).default(5),
+  NIVODA_RETRY_BUDGET_MS: int(0).default(120_000),
+
+  RUN_TYPE: z.enum(['auto', 'full', 'incremental'], { error: 'must be auto, full or incremental' }).default('auto'),
+  HEATMAP_STRATEGY: z.enum(HEATMAP_STRATEGIES, { error: `must be one of ${HEATMAP_STRATEGIES.join(', ')}` }).default('quantile'),
+  HEATMAP_DENSE_ZONE_THRESHOLD: int(1).default(20_000),
+  HEATMAP_DENSE_ZONE_STEP: int(1).default(100),
+  HEATMAP_MAX_WORKERS: int(1, 1000).default(30),
+  INCREMENTAL_MAX_WORKERS: int(1, 1000).default(10),
+  HEATMAP_MIN_RECORDS_PER_WORKER: int(1).default(1000),
+  RECORDS_PER_WORKER: int(1).default(5000),
+  HEATMAP_MAX_PRICE: int(1, 2147483646).default(250_000),
+  INCREMENTAL_SAFETY_BUFFER_MINUTES: int(0).default(15),
+
+  AZURE_STORAGE_CONNECTION_STRING: optionalString,
+  AZURE_STORAGE_ACCOUNT_URL: z.url({ error: 'must be a URL' }).optional(),
+  WATERMARK_CONTAINER: z.string().regex(/^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$/, {
+    error: 'must be a valid blob container name (3-63 lowercase letters, digits, dashes)',
+  }).default('watermarks'),
+  WATERMARK_BLOB: z.string().min(1).default('nivoda.json'),
+
+  DATABASE_URL: optionalString,
+  DATABASE_POOL_MAX: int(1, 100).default(5),
+
+  AZURE_SERVICE_BUS_CONNECTION_STRING: optionalString,
+  AZURE_SERVICE_BUS_NAMESPACE: optionalString,
+  AZURE_SERVICE_BUS_QUEUE: z.string().min(1).default('work-items'),
+
+  SCHEDULER_DATA_DIR: z.string().min(1).default('.data'),
+  SCHEDULER_LOCK_TTL_SECONDS: int(1).default(300),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+});
+
+export interface Config {
+  nivoda: {
+    endpoint: string;
+    username: string;
+    password: string;
+    priceField: PriceField;
+    baseQuery: BaseQuery;
+    requestTimeoutMs: number;
+    maxConcurrency: number;
+    maxRequestsPerSecond: number;
+    maxAttempts: number;
+    retryBudgetMs: number;
+  };
+  run: {
+    type: 'auto' | 'full' | 'incremental';
+    safetyBufferMinutes: number;
+  };
+  heatmap: {
+    strategy: HeatmapStrategy;
+    denseZoneThreshold: number;
+    denseZoneStep: number;
+    maxPrice: number;
+    maxWorkers: number;
+    incrementalMaxWorkers: number;
+    minRecordsPerWorker: number;
+    recordsPerWorker: number;
+  };
+  watermark:
+    | { backend: 'blob'; connectionString?: string; accountUrl?: string; container: string; blob: string }
+    | { backend: 'file'; path: string };
+  database: { backend: 'postgres'; url: string; poolMax: number } | { backend: 'pglite'; dir: string };
+  queue:
+    | { backend: 'servicebus'; connectionString?: string; namespace?: string; queueName: string }
+    | { backend: 'local' };
+  dataDir: string;
+  lockTtlSeconds: number;
+  logLevel: z.infer<typeof envSchema>['LOG_LEVEL'];
+}
+
+type Env = Record<string, string | undefined>;
+
+/** Parses and validates the environment. Throws ConfigError listing every problem. */
+export function loadConfig(env: Env = process.env): Config {
+  // Empty strings are what a blank line in a deployment manifest produces: treat them as unset.
+  const cleaned = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v.trim() !== ''));
+  const problems: string[] = [];
+  const parsed = envSchema.safeParse(cleaned);
+  if (!parsed.success) {
+    for (const issue of parsed.error.issues) {
+      const name = issue.path.join('.');
+      const message = issue.code === 'invalid_type' && cleaned[name] === undefined ? 'is required' : issue.message;
+      problems.push(`${name} ${message}`);
+    }
+  }
+  const baseQuery = parseBaseQuery(cleaned.NIVODA_QUERY, problems);
+  if (!parsed.success) throw new ConfigError(problems);
+  const e = parsed.data;
+
+  if (e.NIVODA_ENDPOINT.startsWith('http:') && !isLoopback(e.NIVODA_ENDPOINT)) {
+    problems.push('NIVODA_ENDPOINT must use https (plain http is allowed only on loopback)');
+  }
+  if (e.HEATMAP_MIN_RECORDS_PER_WORKER > e.RECORDS_PER_WORKER) {
+    problems.push('HEATMAP_MIN_RECORDS_PER_WORKER must not exceed RECORDS_PER_WORKER');
+  }
+  if (e.HEATMAP_DENSE_ZONE_THRESHOLD > e.HEATMAP_MAX_PRICE) {
+    problems.push('HEATMAP_DENSE_ZONE_THRESHOLD must not exceed HEATMAP_MAX_PRICE');
+  }
+  if (baseQuery?.[e.NIVODA_PRICE_FIELD] || baseQuery?.updated) {
+    problems.push(`NIVODA_QUERY must not set ${e.NIVODA_PRICE_FIELD} or updated: the scheduler owns those filters`);
+  }
+  if (e.AZURE_SERVICE_BUS_CONNECTION_STRING && e.AZURE_SERVICE_BUS_NAMESPACE) {
+    problems.push('set only one of AZURE_SERVICE_BUS_CONNECTION_STRING and AZURE_SERVICE_BUS_NAMESPACE');
+  }
+  if (e.AZURE_STORAGE_CONNECTION_STRING && e.AZURE_STORAGE_ACCOUNT_URL) {
+    problems.push('set only one of AZURE_STORAGE_CONNECTION_STRING and AZURE_STORAGE_ACCOUNT_URL');
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+
+  const dataDir = path.resolve(e.SCHEDULER_DATA_DIR);
+  return {
+    nivoda: {
+      endpoint: e.NIVODA_ENDPOINT,
+      username: e.NIVODA_USERNAME,
+      password: e.NIVODA_PASSWORD,
+      priceField: e.NIVODA_PRICE_FIELD,
+      baseQuery: baseQuery ?? {},
+      requestTimeoutMs: e.NIVODA_REQUEST_TIMEOUT_MS,
+      maxConcurrency: e.NIVODA_MAX_CONCURRENCY,
+      maxRequestsPerSecond: e.NIVODA_MAX_REQUESTS_PER_SECOND,
+      maxAttempts: e.NIVODA_MAX_ATTEMPTS,
+      retryBudgetMs: e.NIVODA_RETRY_BUDGET_MS,
+    },
+    run: { type: e.RUN_TYPE, safetyBufferMinutes: e.INCREMENTAL_SAFETY_BUFFER_MINUTES },
+    heatmap: {
+      strategy: e.HEATMAP_STRATEGY,
+      denseZoneThreshold: e.HEATMAP_DENSE_ZONE_THRESHOLD,
+      denseZoneStep: e.HEATMAP_DENSE_ZONE_STEP,
+      maxPrice: e.HEATMAP_MAX_PRICE,
+      maxWorkers: e.HEATMAP_MAX_WORKERS,
+      incrementalMaxWorkers: e.INCREMENTAL_MAX_WORKERS,
+      minRecordsPerWorker: e.HEATMAP_MIN_RECORDS_PER_WORKER,
+      recordsPerWorker: e.RECORDS_PER_WORKER,
+    },
+    watermark:
+      e.AZURE_STORAGE_CONNECTION_STRING || e.AZURE_STORAGE_ACCOUNT_URL
+        ? {
+            backend: 'blob',
+            connectionString: e.AZURE_STORAGE_CONNECTION_STRING,
+            accountUrl: e.AZURE_STORAGE_ACCOUNT_URL,
+            container: e.WATERMARK_CONTAINER,
+            blob: e.WATERMARK_BLOB,
+          }
+        : { backend: 'file', path: path.join(dataDir, e.WATERMARK_CONTAINER, e.WATERMARK_BLOB) },
+    database: e.DATABASE_URL
+      ? { backend: 'postgres', url: e.DATABASE_URL, poolMax: e.DATABASE_POOL_MAX }
+      : { backend: 'pglite', dir: path.join(dataDir, 'pglite') },
+    queue:
+      e.AZURE_SERVICE_BUS_CONNECTION_STRING || e.AZURE_SERVICE_BUS_NAMESPACE
+        ? {
+            backend: 'servicebus',
+            connectionString: e.AZURE_SERVICE_BUS_CONNECTION_STRING,
+            namespace: e.AZURE_SERVICE_BUS_NAMESPACE,
+            queueName: e.AZURE_SERVICE_BUS_QUEUE,
+          }
+        : { backend: 'local' },
+    dataDir,
+    lockTtlSeconds: e.SCHEDULER_LOCK_TTL_SECONDS,
+    logLevel: e.LOG_LEVEL,
+  };
+}
+
+function parseBaseQuery(raw: string | undefined, problems: string[]): BaseQuery | undefined {
+  if (raw === undefined) return undefined;
+  let json: unknown;
+  try {
+    json = JSON.parse(raw);
+  } catch (err) {
+    problems.push(`NIVODA_QUERY is not valid JSON (${(err as Error).message})`);
+    return undefined;
+  }
+  const result = baseQuerySchema.safeParse(json);
+  if (result.success) return result.data;
+  for (const issue of result.error.issues) {
+    if (issue.code === 'unrecognized_keys') {
+      const where = issue.path.length ? ` in ${issue.path.join('.')}` : '';
+      for (const key of issue.keys) {
+        problems.push(
+          `NIVODA_QUERY has unknown field "${key}"${where} (DiamondQuery fields: ${Object.keys(baseQuerySchema.shape).join(', ')})`,
+        );
+      }
+    } else {
+      problems.push(`NIVODA_QUERY.${issue.path.join('.')} ${issue.message}`);
+    }
+  }
+  return undefined;
+}
+
+export function isLoopback(url: string): boolean {
+  const host = new URL(url).hostname;
+  return host === 'localhost' || host === '[::1]' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
+/** In development only, a `.env` file in the working directory fills variables that are not set. */
+export function loadDotEnv(env: Env = process.env): void {
+  if (env.NODE_ENV === 'production' || !existsSync('.env')) return;
+  process.loadEnvFile('.env');
+}
