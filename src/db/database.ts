@@ -1,0 +1,16 @@
+// The scheduler's one view of its database, served by `pg` against PostgreSQL or by
+// PGlite (embedded) so that the rest of the code cannot tell them apart.
+
+export type Row = Record<string, unknown>;
+
+export interface Queryable {
+  /** Runs one parameterised statement ($1, $2 …) and returns its rows. int8/bigint columns come back as JS numbers on both backends. */
+  query<R extends Row = Row>(sql: string, params?: readonly unknown[]): Promise<R[]>;
+}
+
+export interface Database extends Queryable {
+  readonly backend: 'postgres' | 'pglite';
+  /** Runs `fn` in one transaction: committed when it resolves, rolled back when it throws. */
+  transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T>;
+  close(): Promise<void>;
+}
