@@ -42,9 +42,9 @@ export type BaseQuery = z.infer<typeof baseQuerySchema>;
 
 const envSchema = z.object({
   NODE_ENV: z.string().optional(),
-  NIVODA_ENDPOINT: z.url({ error: 'must be a URL', protocol: /^https?$/ }),
-  NIVODA_USERNAME: z.string().min(1, { error: 'must not be empty' }),
-  NIVODA_PASSWORD: z.string().min(1, { error: 'must not be empty' }),
+  NIVODA_ENDPOINT: z.url({ error: 'must be an http(s) URL', protocol: /^https?$/ }).optional(),
+  NIVODA_USERNAME: z.string().optional(),
+  NIVODA_PASSWORD: z.string().optional(),
   NIVODA_PRICE_FIELD: z.enum(PRICE_FIELDS, { error: `must be one of ${PRICE_FIELDS.join(', ')}` }).default('dollar_value'),
   NIVODA_QUERY: z.string().optional(),
   NIVODA_REQUEST_TIMEOUT_MS: int(100).default(30_000),
@@ -83,19 +83,23 @@ const envSchema = z.object({
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 
-export interface Config {
-  nivoda: {
-    endpoint: string;
-    username: string;
-    password: string;
-    priceField: PriceField;
-    baseQuery: BaseQuery;
-    requestTimeoutMs: number;
-    maxConcurrency: number;
-    maxRequestsPerSecond: number;
-    maxAttempts: number;
-    retryBudgetMs: number;
-  };
+export interface NivodaConfig {
+  endpoint: string;
+  username: string;
+  password: string;
+  priceField: PriceField;
+  baseQuery: BaseQuery;
+  requestTimeoutMs: number;
+  maxConcurrency: number;
+  maxRequestsPerSecond: number;
+  maxAttempts: number;
+  retryBudgetMs: number;
+}
+
+/** What the commands that never call Nivoda (status, watermark, queue, migrate) need. */
+export interface BaseConfig {
+  /** Present whenever the three NIVODA_* variables are set. */
+  nivoda?: NivodaConfig;
   run: {
     type: 'auto' | 'full' | 'incremental';
     safetyBufferMinutes: number;
@@ -122,10 +126,24 @@ export interface Config {
   logLevel: z.infer<typeof envSchema>['LOG_LEVEL'];
 }
 
+/** The configuration of the commands that talk to Nivoda (run, plan). */
+export interface Config extends BaseConfig {
+  nivoda: NivodaConfig;
+}
+
 type Env = Record<string, string | undefined>;
 
-/** Parses and validates the environment. Throws ConfigError listing every problem. */
+const NIVODA_REQUIRED = ['NIVODA_ENDPOINT', 'NIVODA_USERNAME', 'NIVODA_PASSWORD'] as const;
+
+/** Parses and validates the environment for run and plan. Throws ConfigError listing every problem. */
 export function loadConfig(env: Env = process.env): Config {
+  const config = loadBaseConfig(env, { requireNivoda: true });
+  if (!config.nivoda) throw new ConfigError(NIVODA_REQUIRED.map((name) => `${name} is required`));
+  return { ...config, nivoda: config.nivoda };
+}
+
+/** Parses and validates the environment; Nivoda settings are checked when present and required only on request. */
+export function loadBaseConfig(env: Env = process.env, options: { requireNivoda?: boolean } = {}): BaseConfig {
   // Empty strings are what a blank line in a deployment manifest produces: treat them as unset.
   const cleaned = Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined && v.trim() !== ''));
   const problems: string[] = [];
@@ -137,11 +155,14 @@ export function loadConfig(env: Env = process.env): Config {
       problems.push(`${name} ${message}`);
     }
   }
+  if (options.requireNivoda) {
+    for (const name of NIVODA_REQUIRED) if (cleaned[name] === undefined) problems.push(`${name} is required`);
+  }
   const baseQuery = parseBaseQuery(cleaned.NIVODA_QUERY, problems);
   if (!parsed.success) throw new ConfigError(problems);
   const e = parsed.data;
 
-  if (e.NIVODA_ENDPOINT.startsWith('http:') && !isLoopback(e.NIVODA_ENDPOINT)) {
+  if (e.NIVODA_ENDPOINT?.startsWith('http:') && !isLoopback(e.NIVODA_ENDPOINT)) {
     problems.push('NIVODA_ENDPOINT must use https (plain http is allowed only on loopback)');
   }
   if (e.HEATMAP_MIN_RECORDS_PER_WORKER > e.RECORDS_PER_WORKER) {
@@ -162,11 +183,12 @@ export function loadConfig(env: Env = process.env): Config {
   if (problems.length > 0) throw new ConfigError(problems);
 
   const dataDir = path.resolve(e.SCHEDULER_DATA_DIR);
+  const { NIVODA_ENDPOINT: endpoint, NIVODA_USERNAME: username, NIVODA_PASSWORD: password } = e;
   return {
-    nivoda: {
-      endpoint: e.NIVODA_ENDPOINT,
-      username: e.NIVODA_USERNAME,
-      password: e.NIVODA_PASSWORD,
+    nivoda: endpoint && username && password ? {
+      endpoint,
+      username,
+      password,
       priceField: e.NIVODA_PRICE_FIELD,
       baseQuery: baseQuery ?? {},
       requestTimeoutMs: e.NIVODA_REQUEST_TIMEOUT_MS,
@@ -174,7 +196,7 @@ export function loadConfig(env: Env = process.env): Config {
       maxRequestsPerSecond: e.NIVODA_MAX_REQUESTS_PER_SECOND,
       maxAttempts: e.NIVODA_MAX_ATTEMPTS,
       retryBudgetMs: e.NIVODA_RETRY_BUDGET_MS,
-    },
+    } : undefined,
     run: { type: e.RUN_TYPE, safetyBufferMinutes: e.INCREMENTAL_SAFETY_BUFFER_MINUTES },
     heatmap: {
       strategy: e.HEATMAP_STRATEGY,

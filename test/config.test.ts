@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { loadConfig } from '../src/config.js';
+import { loadBaseConfig, loadConfig } from '../src/config.js';
 import { ConfigError } from '../src/errors.js';
 
 const valid = {
@@ -93,5 +93,10 @@ describe('config', () => {
     assert.equal(config.database.backend, 'postgres');
     assert.equal(config.watermark.backend, 'blob');
     assert.equal(config.queue.backend, 'servicebus');
+  });
+
+  it('lets the commands that never call Nivoda run without NIVODA_* but still checks them when set', () => {
+    assert.equal(loadBaseConfig({}).nivoda, undefined);
+    assert.throws(() => loadBaseConfig({ NIVODA_ENDPOINT: 'not a url' }), /NIVODA_ENDPOINT must be an http\(s\) URL/);
   });
 });
