@@ -43,3 +43,17 @@ export function toError(thrown: unknown): Error {
   if (thrown instanceof Error) return thrown;
   return new Error(typeof thrown === 'string' ? thrown : JSON.stringify(thrown));
 }
+
+/**
+ * A conditional watermark write or clear lost a race: the stored watermark changed (or
+ * appeared, or vanished) since the caller read it. Nothing was written; re-read and decide.
+ */
+export class WatermarkConflictError extends PermanentError {
+  override readonly name = 'WatermarkConflictError';
+  constructor(
+    readonly location: string,
+    problem: string,
+  ) {
+    super(`conflicting update of the watermark at ${location}, nothing written: ${problem}`);
+  }
+}
