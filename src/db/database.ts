@@ -6,6 +6,11 @@ export type Row = Record<string, unknown>;
 export interface Queryable {
   /** Runs one parameterised statement ($1, $2 …) and returns its rows. int8/bigint columns come back as JS numbers on both backends. */
   query<R extends Row = Row>(sql: string, params?: readonly unknown[]): Promise<R[]>;
+  /**
+   * Runs a script of one or more statements without parameters (a migration file). Separate from
+   * `query` because PGlite's `query` goes through a prepared statement, which takes only one statement.
+   */
+  exec(sql: string): Promise<void>;
 }
 
 export interface Database extends Queryable {

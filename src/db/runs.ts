@@ -1,0 +1,226 @@
+// Run records (CONTRACT §1 step 6–7, §5): what the scheduler writes about each run, and the
+// questions it asks before starting one. Timestamps go in and come out as ISO-8601 strings,
+// the same on both backends.
+import type { Partition, PriceField, RunType } from '../domain.js';
+import { scrub } from '../log.js';
+import type { Database, Queryable, Row } from './database.js';
+
+export type RunStatus = 'scheduling' | 'published' | 'failed' | 'abandoned';
+
+export interface RunRecord {
+  runId: string;
+  runType: RunType;
+  status: RunStatus;
+  expectedWorkers: number;
+  watermarkBefore: string | null;
+  updatedFrom: string | null;
+  updatedTo: string;
+  priceField: string;
+  totalRecords: number;
+  countQueries: number;
+  scanDurationMs: number;
+  startedAt: string;
+  publishedAt: string | null;
+  completedAt: string | null;
+  error: string | null;
+}
+
+export interface NewRun {
+  runId: string;
+  runType: RunType;
+  expectedWorkers: number;
+  watermarkBefore: string | null;
+  updatedFrom: string | null;
+  updatedTo: string;
+  priceField: PriceField;
+  totalRecords: number;
+  countQueries: number;
+  scanDurationMs: number;
+  /** When the run began; the database's now() when absent. */
+  startedAt?: string;
+}
+
+export interface PartitionRecord extends Partition {
+  publishedAt: string | null;
+}
+
+/** Long enough for a stack-free message with context; bounded so a huge error body cannot bloat the table. */
+const MAX_ERROR_LENGTH = 4000;
+
+const RUN_COLUMNS = `run_id, run_type, status, expected_workers, watermark_before, updated_from, updated_to,
+  price_field, total_records, count_queries, scan_duration_ms, started_at, published_at, completed_at, error`;
+
+/**
+ * Writes the run (status 'scheduling') and its partitions in ONE transaction; with
+ * `emptyRawTable` (a full run) it also empties raw_diamonds_nivoda in that transaction, so
+ * either all of it happens or none. TRUNCATE rather than DELETE: the table can hold millions
+ * of rows, and TRUNCATE is transactional in PostgreSQL (rolled back with the rest).
+ */
+export async function recordRun(
+  db: Database,
+  run: NewRun,
+  partitions: Partition[],
+  options: { emptyRawTable: boolean },
+): Promise<void> {
+  await db.transaction(async (tx) => {
+    await tx.query(
+      `INSERT INTO run_metadata (run_id, run_type, status, expected_workers, watermark_before, updated_from,
+         updated_to, price_field, total_records, count_queries, scan_duration_ms, started_at)
+       VALUES ($1, $2, 'scheduling', $3, $4, $5, $6, $7, $8, $9, $10, COALESCE($11::timestamptz, now()))`,
+      [
+        run.runId,
+        run.runType,
+        run.expectedWorkers,
+        run.watermarkBefore,
+        run.updatedFrom,
+        run.updatedTo,
+        run.priceField,
+        run.totalRecords,
+        run.countQueries,
+        run.scanDurationMs,
+        run.startedAt ?? null,
+      ],
+    );
+    await insertPartitions(tx, run.runId, partitions);
+    if (options.emptyRawTable) await tx.exec('TRUNCATE TABLE raw_diamonds_nivoda');
+  });
+}
+
+async function insertPartitions(tx: Queryable, runId: string, partitions: Partition[]): Promise<void> {
+  if (partitions.length === 0) return;
+  // One statement for all partitions (at most a few dozen): one round trip instead of N.
+  const params: unknown[] = [runId];
+  const tuples = partitions.map((p) => {
+    const base = params.length;
+    params.push(p.partitionId, p.priceMin, p.priceMax, p.expectedRecords);
+    return `($1, $${base + 1}, $${base + 2}, $${base + 3}, $${base + 4})`;
+  });
+  await tx.query(
+    `INSERT INTO run_partitions (run_id, partition_id, price_min, price_max, expected_records) VALUES ${tuples.join(', ')}`,
+    params,
+  );
+}
+
+/** Every work item is on the queue: the run and its partitions become published. Throws unless the run is 'scheduling'. */
+export async function markPublished(db: Database, runId: string): Promise<void> {
+  await db.transaction(async (tx) => {
+    const rows = await tx.query(
+      `UPDATE run_metadata SET status = 'published', published_at = now()
+       WHERE run_id = $1 AND status = 'scheduling' RETURNING run_id`,
+      [runId],
+    );
+    if (rows.length === 0) throw new Error(await whyNotScheduling(tx, runId));
+    await tx.query('UPDATE run_partitions SET published_at = now() WHERE run_id = $1 AND published_at IS NULL', [runId]);
+  });
+}
+
+/** Records that one work item reached the queue, so a failed run shows how far publishing got. */
+export async function markPartitionPublished(db: Database, runId: string, partitionId: string): Promise<void> {
+  await db.query(
+    'UPDATE run_partitions SET published_at = now() WHERE run_id = $1 AND partition_id = $2 AND published_at IS NULL',
+    [runId, partitionId],
+  );
+}
+
+/**
+ * The scheduler gave up on a run it recorded. Returns false (and changes nothing) when the run
+ * is no longer 'scheduling' or does not exist: this is called on error paths, where throwing
+ * would hide the error that matters. The message is scrubbed of secrets before it is stored.
+ */
+export async function markFailed(db: Database, runId: string, error: string): Promise<boolean> {
+  const rows = await db.query(
+    `UPDATE run_metadata SET status = 'failed', error = $2 WHERE run_id = $1 AND status = 'scheduling' RETURNING run_id`,
+    [runId, scrub(error).slice(0, MAX_ERROR_LENGTH)],
+  );
+  return rows.length > 0;
+}
+
+/** The last runs, newest first. */
+export async function listRuns(db: Queryable, limit: number): Promise<RunRecord[]> {
+  const rows = await db.query(`SELECT ${RUN_COLUMNS} FROM run_metadata ORDER BY started_at DESC, run_id DESC LIMIT $1`, [
+    limit,
+  ]);
+  return rows.map(toRunRecord);
+}
+
+export async function getRun(db: Queryable, runId: string): Promise<RunRecord | undefined> {
+  const rows = await db.query(`SELECT ${RUN_COLUMNS} FROM run_metadata WHERE run_id = $1`, [runId]);
+  return rows[0] ? toRunRecord(rows[0]) : undefined;
+}
+
+export async function listPartitions(db: Queryable, runId: string): Promise<PartitionRecord[]> {
+  const rows = await db.query(
+    `SELECT partition_id, price_min, price_max, expected_records, published_at FROM run_partitions
+     WHERE run_id = $1 ORDER BY price_min`,
+    [runId],
+  );
+  return rows.map((row) => ({
+    partitionId: String(row.partition_id),
+    priceMin: Number(row.price_min),
+    priceMax: Number(row.price_max),
+    expectedRecords: Number(row.expected_records),
+    publishedAt: isoOrNull(row.published_at),
+  }));
+}
+
+/**
+ * Published runs the consolidator has not completed: workers may still be writing to the raw
+ * table, so a full run must not empty it (unless forced). Oldest first.
+ */
+export async function unfinishedRuns(db: Queryable): Promise<RunRecord[]> {
+  const rows = await db.query(
+    `SELECT ${RUN_COLUMNS} FROM run_metadata WHERE status = 'published' AND completed_at IS NULL
+     ORDER BY started_at, run_id`,
+  );
+  return rows.map(toRunRecord);
+}
+
+/**
+ * Marks every 'scheduling' run as 'abandoned'. Call only while holding the single-instance
+ * lock: then no live scheduler is writing one, so any such run was left by a crashed one.
+ * Some of its work items may already be on the queue; its partitions' published_at tell which.
+ */
+export async function abandonStaleRuns(db: Queryable): Promise<number> {
+  const rows = await db.query(
+    `UPDATE run_metadata SET status = 'abandoned',
+       error = COALESCE(error, 'abandoned: the scheduler stopped before publishing every work item')
+     WHERE status = 'scheduling' RETURNING run_id`,
+  );
+  return rows.length;
+}
+
+function toRunRecord(row: Row): RunRecord {
+  return {
+    runId: String(row.run_id),
+    runType: row.run_type as RunType,
+    status: row.status as RunStatus,
+    expectedWorkers: Number(row.expected_workers),
+    watermarkBefore: isoOrNull(row.watermark_before),
+    updatedFrom: isoOrNull(row.updated_from),
+    updatedTo: iso(row.updated_to),
+    priceField: String(row.price_field),
+    totalRecords: Number(row.total_records),
+    countQueries: Number(row.count_queries),
+    scanDurationMs: Number(row.scan_duration_ms),
+    startedAt: iso(row.started_at),
+    publishedAt: isoOrNull(row.published_at),
+    completedAt: isoOrNull(row.completed_at),
+    error: row.error === null || row.error === undefined ? null : String(row.error),
+  };
+}
+
+/** Both drivers return timestamptz as Date; a string is accepted too so a driver change cannot alter the output. */
+export function iso(value: unknown): string {
+  if (value instanceof Date) return value.toISOString();
+  if (typeof value === 'string') return new Date(value).toISOString();
+  throw new TypeError(`expected a timestamp, got ${typeof value}`);
+}
+
+export function isoOrNull(value: unknown): string | null {
+  return value === null || value === undefined ? null : iso(value);
+}
+
+async function whyNotScheduling(tx: Queryable, runId: string): Promise<string> {
+  const rows = await tx.query('SELECT status FROM run_metadata WHERE run_id = $1', [runId]);
+  return rows[0] ? `run ${runId} is ${String(rows[0].status)}, not scheduling` : `run ${runId} does not exist`;
+}
