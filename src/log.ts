@@ -79,6 +79,8 @@ export function createLogger(options: LoggerOptions = {}): Logger {
       level,
       base: undefined,
       timestamp: pino.stdTimeFunctions.isoTime,
+      // Level names, not numbers: the lines are read by people and log queries alike.
+      formatters: { level: (label) => ({ level: label }) },
       redact: { paths: SECRET_KEYS.flatMap((k) => [k, `*.${k}`]), censor: REDACTED },
       serializers: { err: pino.stdSerializers.errWithCause },
       hooks: { streamWrite: scrub },

@@ -1,0 +1,200 @@
+#!/usr/bin/env node
+// The command line (CONTRACT §7). Every outcome maps to an exit code here and only here:
+// 0 success (also skipped and empty), 1 a failed run, 2 bad configuration or usage.
+import { Command, CommanderError, Option } from 'commander';
+import { EmbeddedDatabaseBusyError, openResources, withRunLock, type Resources } from './app.js';
+import { loadBaseConfig, loadConfig, loadDotEnv } from './config.js';
+import { listRuns } from './db/runs.js';
+import { ConfigError, toError, WatermarkFormatError } from './errors.js';
+import { log, scrub } from './log.js';
+import { createNivodaClient } from './nivoda/client.js';
+import { isLocalQueue } from './queue/queue.js';
+import { formatPlan, formatRuns } from './report.js';
+import { plan, run } from './scheduler.js';
+import { parseWatermark, unchangedSince, type StoredWatermark, type WatermarkStore } from './watermark.js';
+
+const out = (text: string) => process.stdout.write(`${text}\n`);
+
+function buildProgram(setExit: (code: number) => void): Command {
+  const program = new Command('scheduler')
+    .description('Nivoda ingestion scheduler: density scan, balanced price partitions, work items')
+    .exitOverride()
+    .showHelpAfterError()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+
+  program
+    .command('run', { isDefault: true })
+    .description('the whole run: lock, watermark, scan, partition, record, publish')
+    .option('--full', 'force a full run (empties raw_diamonds_nivoda)')
+    .option('--force', 'let a full run proceed while earlier runs are still being worked')
+    .action(async (options: { full?: boolean; force?: boolean }) => {
+      const config = loadConfig();
+      const nivoda = createNivodaClient(config.nivoda, log);
+      let resources: Resources;
+      try {
+        resources = await openResources(config, log);
+      } catch (thrown) {
+        if (!(thrown instanceof EmbeddedDatabaseBusyError)) throw thrown;
+        log.info({ holder: thrown.holder, since: thrown.since, pid: thrown.pid }, 'skipped: another scheduler holds the lock');
+        return;
+      }
+      try {
+        const outcome = await withRunLock(resources, log, (runId, signal) =>
+          run({ ...resources, config, nivoda, logger: log }, { ...options, runId, signal }),
+        );
+        if (outcome === 'skipped') return;
+        log.info(
+          { runId: outcome.runId, runType: outcome.plan.runType, partitions: outcome.plan.partitions.length, published: outcome.published, nivoda: nivoda.stats() },
+          outcome.plan.partitions.length === 0 ? 'run finished: the window holds no stones' : 'run finished',
+        );
+      } finally {
+        await resources.close();
+      }
+    });
+
+  program
+    .command('plan')
+    .description('scan and partition, print the plan; writes nothing, publishes nothing')
+    .option('--json', 'print the plan as one JSON object')
+    .option('--full', 'plan a full run whatever the watermark says')
+    .action(async (options: { json?: boolean; full?: boolean }) => {
+      const config = loadConfig();
+      const nivoda = createNivodaClient(config.nivoda, log);
+      const resources = await openResources(config, log, { database: false });
+      try {
+        const planned = await plan({ config, nivoda, logger: log, watermarks: resources.watermarks }, options);
+        out(options.json ? JSON.stringify(planned) : formatPlan(planned));
+      } finally {
+        await resources.close();
+      }
+    });
+
+  program
+    .command('status')
+    .description('the last runs')
+    .addOption(new Option('--limit <n>', 'how many runs').default(10).argParser(positiveInt('--limit')))
+    .option('--json', 'print JSON')
+    .action(async (options: { limit: number; json?: boolean }) => {
+      const resources = await openResources(loadBaseConfig(), log);
+      try {
+        const runs = await listRuns(resources.db, options.limit);
+        out(options.json ? JSON.stringify(runs, null, 2) : formatRuns(runs));
+      } finally {
+        await resources.close();
+      }
+    });
+
+  const watermark = program.command('watermark').description('read or change the watermark (operators only)');
+  watermark.command('get').action(async () => {
+    const { watermarks, close } = await openResources(loadBaseConfig(), log, { database: false });
+    try {
+      const stored = await watermarks.read();
+      out(stored ? JSON.stringify(stored.watermark, null, 2) : `no watermark at ${watermarks.location}: the next run is a full run`);
+    } finally {
+      await close();
+    }
+  });
+  watermark
+    .command('set <lastUpdatedAt>')
+    .description('set lastUpdatedAt (ISO-8601); the next run is incremental from it')
+    .action(async (lastUpdatedAt: string) => {
+      const next = parseWatermark(JSON.stringify({ lastUpdatedAt, lastRunId: 'manual', lastRunCompletedAt: new Date().toISOString() }), 'the command line');
+      const { watermarks, close } = await openResources(loadBaseConfig(), log, { database: false });
+      try {
+        const current = await readForRepair(watermarks);
+        // Conditional on what was just read, so a consolidator writing meanwhile is not silently overwritten.
+        await watermarks.write(next, current === 'malformed' ? undefined : unchangedSince(current));
+        log.info({ before: current === 'malformed' ? current : (current?.watermark ?? null), after: next, location: watermarks.location }, 'watermark set');
+        out(JSON.stringify(next, null, 2));
+      } finally {
+        await close();
+      }
+    });
+  watermark.command('clear').description('remove the watermark: the next run is a full run').action(async () => {
+    const { watermarks, close } = await openResources(loadBaseConfig(), log, { database: false });
+    try {
+      const current = await readForRepair(watermarks);
+      const removed = current === 'malformed' ? await watermarks.clear() : current ? await watermarks.clear({ ifMatch: current.etag }) : false;
+      log.info({ before: current === 'malformed' ? current : (current?.watermark ?? null), location: watermarks.location }, removed ? 'watermark cleared' : 'no watermark to clear');
+      out(removed ? 'watermark cleared: the next run is a full run' : 'there was no watermark');
+    } finally {
+      await close();
+    }
+  });
+
+  program
+    .command('queue')
+    .description('the local work-item queue')
+    .command('peek')
+    .addOption(new Option('--limit <n>', 'how many messages').default(50).argParser(positiveInt('--limit')))
+    .action(async (options: { limit: number }) => {
+      const resources = await openResources(loadBaseConfig(), log);
+      try {
+        if (!isLocalQueue(resources.queue)) {
+          throw new ConfigError(['queue peek lists the local queue only; work items go to Azure Service Bus in this configuration']);
+        }
+        const messages = await resources.queue.peek(options.limit);
+        for (const message of messages) out(JSON.stringify(message));
+        if (messages.length === 0) out('the local queue is empty');
+      } finally {
+        await resources.close();
+      }
+    });
+
+  program
+    .command('migrate')
+    .description('apply the database migrations')
+    .action(async () => {
+      const resources = await openResources(loadBaseConfig(), log);
+      try {
+        out(resources.migrations.length ? `applied: ${resources.migrations.join(', ')}` : 'the schema is up to date');
+      } finally {
+        await resources.close();
+      }
+    });
+
+  program.hook('postAction', () => setExit(0));
+  return program;
+}
+
+/** `set` and `clear` are how an operator repairs a damaged watermark, so a malformed one must not stop them. */
+async function readForRepair(watermarks: WatermarkStore): Promise<StoredWatermark | null | 'malformed'> {
+  try {
+    return await watermarks.read();
+  } catch (thrown) {
+    if (!(thrown instanceof WatermarkFormatError)) throw thrown;
+    log.warn({ problem: thrown.message }, 'replacing a malformed watermark');
+    return 'malformed';
+  }
+}
+
+function positiveInt(flag: string) {
+  return (value: string) => {
+    const n = Number(value);
+    if (!Number.isInteger(n) || n < 1) throw new ConfigError([`${flag} must be a whole number of at least 1, got "${value}"`]);
+    return n;
+  };
+}
+
+/** Runs the command line and returns the exit code. */
+async function main(argv: string[] = process.argv): Promise<number> {
+  let exitCode = 1;
+  try {
+    loadDotEnv();
+    await buildProgram((code) => (exitCode = code)).parseAsync(argv);
+    return exitCode;
+  } catch (thrown) {
+    if (thrown instanceof CommanderError) {
+      return thrown.code === 'commander.helpDisplayed' || thrown.code === 'commander.version' || thrown.exitCode === 0 ? 0 : 2;
+    }
+    if (thrown instanceof ConfigError) {
+      log.error({ problems: thrown.problems }, thrown.message);
+      return 2;
+    }
+    const error = toError(thrown);
+    log.error({ err: error }, `failed: ${scrub(error.message)}`);
+    return 1;
+  }
+}
+
+process.exit(await main());
