@@ -1,0 +1,271 @@
+// End to end: the real command line as a child process against the Nivoda simulator over
+// HTTP, Azurite, the Service Bus peer and a real PostgreSQL database (or PGlite).
+import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { BlobServiceClient } from '@azure/storage-blob';
+import pg from 'pg';
+import { PRICE_AXIS_END, type WorkItemMessage } from '../src/domain.js';
+import { acquireLock } from '../src/lock.js';
+import { createLogger } from '../src/log.js';
+import { startSimulator, type Simulator } from '../src/simulator/server.js';
+import { startAzurite, type Azurite } from './helpers/azurite.js';
+import { runCli, type CliResult } from './helpers/cli.js';
+import { createTestDatabase, type TestDatabase } from './helpers/postgres.js';
+import { startServiceBusPeer, type ServiceBusPeer } from './helpers/servicebus-peer.js';
+
+interface PlanJson {
+  runType: string;
+  updatedFrom: string | null;
+  updatedTo: string;
+  watermarkBefore: string | null;
+  totalRecords: number;
+  priceField: string;
+  partitions: Array<{ partitionId: string; priceMin: number; priceMax: number; expectedRecords: number }>;
+  scan: { countQueries: number; durationMs: number };
+}
+
+/** CONTRACT §2 from the outside: ids in order, integer ranges tiling [0, 2147483647), exact counts. */
+function assertTiling(plan: PlanJson, priceCents: ArrayLike<number>, matches: (i: number) => boolean = () => true): void {
+  const parts = plan.partitions;
+  assert.equal(parts[0]?.priceMin, 0);
+  assert.equal(parts.at(-1)?.priceMax, PRICE_AXIS_END);
+  parts.forEach((p, i) => {
+    assert.equal(p.partitionId, `partition-${i + 1}`);
+    assert.ok(Number.isInteger(p.priceMin) && Number.isInteger(p.priceMax) && p.priceMin < p.priceMax, JSON.stringify(p));
+    if (i > 0) assert.equal(p.priceMin, parts[i - 1]!.priceMax);
+  });
+  // The worker rule applied to every stone: each lands in exactly one partition, and the counts are the estimates.
+  const counts = new Array<number>(parts.length).fill(0);
+  let inWindow = 0;
+  for (let i = 0; i < priceCents.length; i++) {
+    if (!matches(i)) continue;
+    inWindow++;
+    const dollars = priceCents[i]! / 100;
+    const owners = parts.filter((p) => dollars >= p.priceMin && dollars <= p.priceMax && dollars < p.priceMax);
+    assert.equal(owners.length, 1, `stone at $${dollars} fetched by ${owners.length} partitions`);
+    counts[parts.indexOf(owners[0]!)]!++;
+  }
+  assert.equal(plan.totalRecords, inWindow);
+  assert.deepEqual(parts.map((p) => p.expectedRecords), counts);
+}
+
+const secretsIn = (result: CliResult, secrets: string[]) => secrets.filter((s) => result.stderr.includes(s) || result.stdout.includes(s));
+
+describe('command line, end to end', () => {
+  let sim: Simulator;
+  let azurite: Azurite;
+  let peer: ServiceBusPeer;
+  let database: TestDatabase;
+  let sql: pg.Client;
+  let tmp: string;
+  const sbKey = 'c2VydmljZWJ1cy1rZXktZm9yLXRlc3Rz';
+
+  before(async () => {
+    [sim, azurite, peer, database] = await Promise.all([
+      startSimulator({ shape: 'realistic', seed: 7, size: 60_000 }),
+      startAzurite(),
+      startServiceBusPeer(),
+      createTestDatabase(),
+    ]);
+    sql = new pg.Client({ connectionString: database.url });
+    await sql.connect();
+    tmp = await mkdtemp(path.join(os.tmpdir(), 'scheduler-cli-'));
+  });
+
+  after(async () => {
+    await sql?.end();
+    await Promise.all([sim?.close(), azurite?.stop(), peer?.close()]);
+    await database?.drop();
+    if (tmp) await rm(tmp, { recursive: true, force: true });
+  });
+
+  const nivodaEnv = () => ({
+    NIVODA_ENDPOINT: sim.url,
+    NIVODA_USERNAME: sim.username,
+    NIVODA_PASSWORD: sim.password,
+    NIVODA_MAX_REQUESTS_PER_SECOND: '200',
+  });
+  const azureEnv = (container = 'watermarks') => ({
+    ...nivodaEnv(),
+    DATABASE_URL: database.url,
+    AZURE_STORAGE_CONNECTION_STRING: azurite.connectionString,
+    WATERMARK_CONTAINER: container,
+    AZURE_SERVICE_BUS_CONNECTION_STRING: peer.connectionString(sbKey),
+    SCHEDULER_DATA_DIR: path.join(tmp, 'unused'),
+  });
+  const allSecrets = () => [sim.password, sbKey, azurite.connectionString.match(/AccountKey=([^;]+)/)![1]!, ...sim.issuedTokens()];
+  const runCount = async () => Number((await sql.query('SELECT count(*) AS n FROM run_metadata')).rows[0].n);
+
+  it('exits 2 naming every missing NIVODA_* variable', async () => {
+    const result = await runCli(['run'], { SCHEDULER_DATA_DIR: path.join(tmp, 'none') });
+    assert.equal(result.code, 2);
+    const line = result.logs.find((l) => l.level === 'error');
+    assert.deepEqual(line?.problems, ['NIVODA_ENDPOINT is required', 'NIVODA_USERNAME is required', 'NIVODA_PASSWORD is required']);
+  });
+
+  it('exits 2 on bad usage and on a bad NIVODA_QUERY, before touching anything', async () => {
+    assert.equal((await runCli(['frobnicate'], nivodaEnv())).code, 2);
+    assert.equal((await runCli(['status', '--limit', '0'], {})).code, 2);
+    const result = await runCli(['plan'], { ...nivodaEnv(), NIVODA_QUERY: '{"updatedAt": {"from": "2024-01-01T00:00:00Z"}}', HEATMAP_MAX_WORKERS: 'many' });
+    assert.equal(result.code, 2);
+    const problems = result.logs.find((l) => l.level === 'error')?.problems as string[];
+    assert.equal(problems.length, 2);
+    assert.ok(problems.some((p) => p.includes('"updatedAt"')));
+    assert.equal(sim.stats().countQueries, 0);
+  });
+
+  it('plan --json prints a plan that holds every stone exactly once and writes nothing', async () => {
+    const dataDir = path.join(tmp, 'plan');
+    const result = await runCli(['plan', '--json'], { ...nivodaEnv(), SCHEDULER_DATA_DIR: dataDir });
+    assert.equal(result.code, 0, result.stderr);
+    const plan = JSON.parse(result.stdout) as PlanJson;
+    assert.equal(plan.runType, 'full');
+    assert.equal(plan.updatedFrom, null);
+    assert.equal(plan.partitions.length, 12); // ceil(60,000 / 5,000)
+    assertTiling(plan, sim.inventory.priceCents, (i) => sim.inventory.updatedMs[i]! <= Date.parse(plan.updatedTo));
+    assert.ok(plan.scan.countQueries > 0 && plan.scan.countQueries <= 40, `count queries ${plan.scan.countQueries}`);
+    assert.ok(result.logs.every((l) => !('unparsable' in l)), 'stderr must be JSON lines only');
+    await assert.rejects(import('node:fs/promises').then((fs) => fs.stat(path.join(dataDir, 'pglite'))), /ENOENT/);
+  });
+
+  it('a full run records the run, empties the raw table and publishes one work item per partition', async () => {
+    await runCli(['migrate'], { DATABASE_URL: database.url });
+    await sql.query(`INSERT INTO raw_diamonds_nivoda (supplier_stone_id, offer_id, payload, run_id) VALUES ('s-1', 'o-1', '{}', gen_random_uuid())`);
+    const result = await runCli(['run'], azureEnv());
+    assert.equal(result.code, 0, result.stderr);
+
+    const runs = (await sql.query('SELECT * FROM run_metadata')).rows;
+    assert.equal(runs.length, 1);
+    const [run] = runs;
+    assert.equal(run.status, 'published');
+    assert.equal(run.run_type, 'full');
+    assert.equal((await sql.query('SELECT count(*) AS n FROM raw_diamonds_nivoda')).rows[0].n, '0');
+
+    const messages = peer.received.filter((m) => (m.body as WorkItemMessage).runId === run.run_id);
+    assert.equal(messages.length, run.expected_workers);
+    const bodies = messages.map((m) => m.body as WorkItemMessage);
+    bodies.forEach((body, i) => {
+      const message = messages[i]!;
+      assert.equal(message.messageId, `${body.runId}:${body.partitionId}`);
+      assert.equal(message.subject, 'work-item');
+      assert.equal(message.contentType, 'application/json');
+      assert.deepEqual(message.applicationProperties, { runId: body.runId, partitionId: body.partitionId });
+      assert.equal(body.isIncremental, false);
+      assert.equal(body.partitionCount, bodies.length);
+      assert.equal(body.updatedFrom, undefined);
+      assert.equal(body.priceField, 'dollar_value');
+    });
+    const partitions = (await sql.query('SELECT count(*) AS n FROM run_partitions WHERE run_id = $1 AND published_at IS NOT NULL', [run.run_id])).rows[0].n;
+    assert.equal(Number(partitions), bodies.length);
+    assert.deepEqual(secretsIn(result, allSecrets()), []);
+  });
+
+  it('a full run is refused while an earlier run is being worked, unless --force', async () => {
+    const before = peer.received.length;
+    const refused = await runCli(['run', '--full'], azureEnv());
+    assert.equal(refused.code, 1);
+    assert.match(refused.stderr, /--force/);
+    assert.equal(peer.received.length, before);
+    assert.equal(await runCount(), 1);
+    const forced = await runCli(['run', '--full', '--force'], azureEnv());
+    assert.equal(forced.code, 0, forced.stderr);
+    assert.equal(await runCount(), 2);
+  });
+
+  it('with a watermark, the run is incremental from the watermark minus the safety buffer', async () => {
+    const lastUpdatedAt = new Date(Date.now() - 24 * 3600_000).toISOString();
+    const set = await runCli(['watermark', 'set', lastUpdatedAt], azureEnv());
+    assert.equal(set.code, 0, set.stderr);
+    const get = await runCli(['watermark', 'get'], azureEnv());
+    assert.equal(JSON.parse(get.stdout).lastUpdatedAt, lastUpdatedAt);
+
+    const before = peer.received.length;
+    const result = await runCli(['run'], azureEnv());
+    assert.equal(result.code, 0, result.stderr);
+    const bodies = peer.received.slice(before).map((m) => m.body as WorkItemMessage);
+    assert.ok(bodies.length >= 1 && bodies.length <= 10, `${bodies.length} incremental partitions`);
+    const expectedFrom = new Date(Date.parse(lastUpdatedAt) - 15 * 60_000).toISOString();
+    for (const body of bodies) {
+      assert.equal(body.isIncremental, true);
+      assert.equal(body.watermarkBefore, lastUpdatedAt);
+      assert.equal(body.updatedFrom, expectedFrom);
+    }
+    const from = Date.parse(expectedFrom);
+    const to = Date.parse(bodies[0]!.updatedTo);
+    const inWindow = Array.from(sim.inventory.updatedMs).filter((t) => t >= from && t <= to).length;
+    assert.equal(bodies.reduce((sum, b) => sum + b.expectedRecords, 0), inWindow);
+  });
+
+  it('a second scheduler is skipped with exit 0 while the lock is held', async () => {
+    const admin = new pg.Pool({ connectionString: database.url, max: 1 });
+    const wrap = { query: async (text: string, params?: readonly unknown[]) => (await admin.query(text, params as unknown[])).rows, exec: async (text: string) => void (await admin.query(text)) };
+    const lock = await acquireLock(wrap, { holder: 'other-host:4242:run-x', ttlSeconds: 60, logger: createLogger({ level: 'silent' }) });
+    assert.ok(lock.acquired);
+    try {
+      const runs = await runCount();
+      const result = await runCli(['run'], azureEnv());
+      assert.equal(result.code, 0, result.stderr);
+      const skipped = result.logs.find((l) => String(l.msg).startsWith('skipped'));
+      assert.equal(skipped?.holder, 'other-host:4242:run-x');
+      assert.equal(await runCount(), runs);
+    } finally {
+      await lock.release();
+      await admin.end();
+    }
+  });
+
+  it('RUN_TYPE=incremental without a watermark, or a malformed watermark, fails with exit 1 and writes nothing', async () => {
+    const runs = await runCount();
+    const published = peer.received.length;
+    const missing = await runCli(['run'], { ...azureEnv('empty-container'), RUN_TYPE: 'incremental' });
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /no watermark/);
+
+    const container = BlobServiceClient.fromConnectionString(azurite.connectionString).getContainerClient('broken');
+    await container.createIfNotExists();
+    await container.getBlockBlobClient('nivoda.json').upload('{"lastUpdatedAt": "yesterday"}', 30);
+    const malformed = await runCli(['run'], azureEnv('broken'));
+    assert.equal(malformed.code, 1);
+    assert.match(malformed.stderr, /malformed.*lastUpdatedAt/);
+    assert.equal(await runCount(), runs);
+    assert.equal(peer.received.length, published);
+    // The operator's repair path still works on a malformed watermark.
+    assert.equal((await runCli(['watermark', 'clear'], azureEnv('broken'))).code, 0);
+    assert.deepEqual(secretsIn(malformed, allSecrets()), []);
+  });
+
+  it('bad Nivoda credentials fail the run with a clear message and no secret in the output', async () => {
+    const result = await runCli(['run'], { ...azureEnv(), NIVODA_PASSWORD: 'wrong-password-123' });
+    assert.equal(result.code, 1);
+    assert.match(result.stderr, /authentication failed/i);
+    assert.ok(!result.stderr.includes('wrong-password-123'));
+  });
+
+  it('a publish that fails records the run as failed and exits 1 with the cause', async () => {
+    const result = await runCli(['run'], { ...azureEnv(), AZURE_SERVICE_BUS_QUEUE: 'no-such-queue' });
+    assert.equal(result.code, 1);
+    assert.match(result.stderr, /publishing the work items of run/);
+    const [latest] = (await sql.query('SELECT status, error FROM run_metadata ORDER BY started_at DESC LIMIT 1')).rows;
+    assert.equal(latest.status, 'failed');
+    assert.ok(String(latest.error).length > 0);
+    assert.deepEqual(secretsIn(result, allSecrets()), []);
+  });
+
+  it('runs with zero setup: embedded database, file watermark, local queue', async () => {
+    const env = { ...nivodaEnv(), SCHEDULER_DATA_DIR: path.join(tmp, 'embedded') };
+    const result = await runCli(['run'], env);
+    assert.equal(result.code, 0, result.stderr);
+    const peek = await runCli(['queue', 'peek', '--limit', '100'], env);
+    assert.equal(peek.code, 0, peek.stderr);
+    const items = peek.stdout.trim().split('\n').map((line) => JSON.parse(line) as { messageId: string; body: WorkItemMessage });
+    assert.equal(items.length, 12);
+    assert.equal(items[0]!.messageId, `${items[0]!.body.runId}:partition-1`);
+    const status = await runCli(['status', '--json'], env);
+    const [run] = JSON.parse(status.stdout) as Array<{ status: string; expectedWorkers: number }>;
+    assert.equal(run?.status, 'published');
+    assert.equal(run?.expectedWorkers, 12);
+  });
+});

@@ -1,0 +1,231 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import fc from 'fast-check';
+import { PRICE_AXIS_END, type PriceBounds } from '../src/domain.js';
+import { scanDensity, type CountFn, type ScanOptions } from '../src/heatmap.js';
+import { partitionCount, planPartitions, type PartitionRules } from '../src/partitioner.js';
+import { generateInventory } from '../src/simulator/inventory.js';
+import { assertTiles, inventoryCounter, seededRandom, workerRule } from './helpers/inventory-counter.js';
+
+const fullRules: PartitionRules = { maxWorkers: 30, recordsPerWorker: 5000, minRecordsPerWorker: 1000 };
+const seedDefaults = { maxPrice: 250_000, denseZoneThreshold: 20_000, denseZoneStep: 100 };
+
+async function planFor(prices: ArrayLike<number>, options: ScanOptions) {
+  const counter = inventoryCounter(prices);
+  const scan = await scanDensity(counter.count, options);
+  const plan = planPartitions(scan, options.partitions);
+  return { scan, plan, asked: counter.asked };
+}
+
+/** Everything CONTRACT §2 asks of one plan over one inventory. */
+function assertContract(prices: ArrayLike<number>, plan: ReturnType<typeof planPartitions>, rules: PartitionRules): void {
+  assertTiles(plan);
+  const rule = workerRule(plan, prices);
+  assert.equal(rule.unowned, 0, 'every stone is fetched');
+  assert.equal(rule.duplicated, 0, 'no stone is fetched twice');
+  assert.deepEqual(plan.map((p) => p.expectedRecords), rule.fetched, 'expectedRecords is what the worker rule yields');
+  const total = prices.length;
+  assert.ok(plan.length <= partitionCount(total, rules) && plan.length <= rules.maxWorkers);
+  assert.equal(plan.length === 0, total === 0);
+  if (total < rules.minRecordsPerWorker) assert.ok(plan.length <= 1);
+  else assert.ok(plan.every((p) => p.expectedRecords >= rules.minRecordsPerWorker), 'no partition under the minimum');
+}
+
+describe('scanDensity: counts map onto the worker rule', () => {
+  it('a stone at $499.50 is below $500 and at-or-above $499; whole-dollar bounds lose nothing', async () => {
+    const prices = [49_950, 50_000, 49_999, 50_001, 0, 100_000]; // $499.50 $500.00 $499.99 $500.01 $0 $1000
+    const { count } = inventoryCounter(prices);
+    assert.equal(await count({ from: 499, to: 500 }), 3); // $499.50, $499.99, $500.00 — not $500.01
+    assert.equal(await count({ to: 499 }), 1); // the trap: only $0 — $499.50 and $499.99 are in neither {to: 499}…
+    assert.equal(await count({ from: 500 }), 3); // …nor {from: 500}
+    const { scan, plan } = await planFor(prices, { strategy: 'quantile', ...seedDefaults, partitions: { maxWorkers: 3, recordsPerWorker: 2, minRecordsPerWorker: 1 } });
+    assert.equal(scan.total, 6);
+    assertContract(prices, plan, { maxWorkers: 3, recordsPerWorker: 2, minRecordsPerWorker: 1 });
+  });
+
+  it('an empty window: one count query, no work items', async () => {
+    for (const strategy of ['quantile', 'seed'] as const) {
+      const { scan, plan } = await planFor([], { strategy, ...seedDefaults, partitions: fullRules });
+      assert.equal(scan.countQueries, 1);
+      assert.deepEqual(plan, []);
+    }
+  });
+
+  it('a single stone far above the ceiling: one partition that fetches it', async () => {
+    const prices = [2_000_000_000]; // $20,000,000.00
+    const { scan, plan } = await planFor(prices, { strategy: 'quantile', ...seedDefaults, partitions: fullRules });
+    assert.equal(scan.countQueries, 1);
+    assertContract(prices, plan, fullRules);
+  });
+
+  it('asks only with whole-dollar lower bounds, never a `to` bound', async () => {
+    const prices = generateInventory('realistic', { seed: 7, size: 50_000 }).priceCents;
+    for (const strategy of ['quantile', 'seed'] as const) {
+      const { asked } = await planFor(prices, { strategy, ...seedDefaults, partitions: fullRules });
+      assert.deepEqual(asked[0], {});
+      for (const b of asked.slice(1)) {
+        assert.equal(b.to, undefined);
+        assert.ok(Number.isInteger(b.from) && b.from! > 0 && b.from! < PRICE_AXIS_END);
+      }
+      assert.equal(new Set(asked.slice(1).map((b) => b.from)).size, asked.length - 1, 'no price asked twice');
+    }
+  });
+
+  it('keeps at most `concurrency` count queries in flight', async () => {
+    const { count } = inventoryCounter(generateInventory('realistic', { seed: 3, size: 100_000 }).priceCents);
+    let inFlight = 0;
+    let peak = 0;
+    const slow: CountFn = async (bounds: PriceBounds) => {
+      inFlight++;
+      peak = Math.max(peak, inFlight);
+      await new Promise((resolve) => setImmediate(resolve));
+      inFlight--;
+      return count(bounds);
+    };
+    await scanDensity(slow, { strategy: 'quantile', ...seedDefaults, partitions: fullRules, concurrency: 3 });
+    assert.equal(peak, 3);
+  });
+
+  it('fails when a count fails or is not a count', async () => {
+    const options: ScanOptions = { strategy: 'quantile', ...seedDefaults, partitions: fullRules };
+    await assert.rejects(scanDensity(async () => Promise.reject(new Error('HTTP 503')), options), /HTTP 503/);
+    await assert.rejects(scanDensity(async () => -1, options), /not a count/);
+    let calls = 0;
+    await assert.rejects(scanDensity(async () => (calls++ === 0 ? 100_000 : Number.NaN), options), /not a count/);
+  });
+});
+
+describe('scanDensity: seed strategy', () => {
+  it('fixed steps in the dense zone, adaptive steps above it up to the ceiling, the tail covered', async () => {
+    const prices = generateInventory('realistic', { seed: 11 }).priceCents;
+    const { scan, plan, asked } = await planFor(prices, { strategy: 'seed', ...seedDefaults, partitions: fullRules });
+    const probed = asked.slice(1).map((b) => b.from!);
+    const dense = probed.filter((p) => p <= 20_000);
+    assert.deepEqual(dense, Array.from({ length: 200 }, (_, i) => (i + 1) * 100));
+    const above = probed.filter((p) => p > 20_000);
+    assert.equal(above.at(-1), 250_000);
+    const steps = above.map((p, i) => p - (above[i - 1] ?? 20_000));
+    assert.ok(new Set(steps.slice(0, -1)).size > 1, `adaptive steps: ${steps}`);
+    assert.equal(scan.strategy, 'seed');
+    assertContract(prices, plan, fullRules);
+  });
+});
+
+describe('scanDensity + planPartitions: properties over generated inventories', () => {
+  // Small rules so that inventories of a few thousand stones make many partitions.
+  const arbitraryRules = fc.record({
+    maxWorkers: fc.integer({ min: 1, max: 40 }),
+    recordsPerWorker: fc.integer({ min: 5, max: 200 }),
+    minShare: fc.double({ min: 0, max: 1, noNaN: true }),
+  }).map(({ maxWorkers, recordsPerWorker, minShare }) => ({
+    maxWorkers,
+    recordsPerWorker,
+    minRecordsPerWorker: Math.max(1, Math.floor(minShare * recordsPerWorker)),
+  }));
+
+  const wholeDollar = fc.integer({ min: 0, max: 300_000 });
+  const cents = fc.oneof(
+    fc.integer({ min: 0, max: 30_000_000 }), // $0 – $300,000 with any cents
+    wholeDollar.map((d) => d * 100), // whole-dollar prices
+    fc.tuple(fc.integer({ min: 1, max: 3000 }), fc.constantFrom(-1, 0, 1)).map(([d, c]) => d * 10_000 + c), // a cent either side of round prices
+    fc.integer({ min: 25_000_000, max: 2_147_483_647 }), // above the ceiling, up to the largest Int of cents
+    fc.constant(0), // $0.00
+  );
+  const arbitraryInventory = fc
+    .record({
+      stones: fc.array(cents, { maxLength: 1500 }),
+      spikes: fc.array(fc.record({ price: cents, copies: fc.integer({ min: 1, max: 300 }) }), { maxLength: 4 }),
+      pointMass: fc.option(cents, { nil: undefined }),
+    })
+    .map(({ stones, spikes, pointMass }) => {
+      const prices = [...stones];
+      for (const s of spikes) for (let i = 0; i < s.copies; i++) prices.push(s.price);
+      if (pointMass !== undefined) {
+        const share = Math.ceil((prices.length * 0.3) / 0.7); // 30 % of the result
+        for (let i = 0; i < share; i++) prices.push(pointMass);
+      }
+      return prices;
+    });
+
+  const arbitraryOptions = fc.record({
+    strategy: fc.constantFrom('quantile' as const, 'seed' as const),
+    maxPrice: fc.integer({ min: 1, max: 300_000 }),
+    denseShare: fc.double({ min: 0, max: 1, noNaN: true }),
+    denseSteps: fc.integer({ min: 1, max: 60 }),
+    concurrency: fc.integer({ min: 1, max: 8 }),
+  });
+
+  it('every stone lands in exactly one partition, with exact expectedRecords, whatever the inventory', async () => {
+    await fc.assert(
+      fc.asyncProperty(arbitraryInventory, arbitraryRules, arbitraryOptions, async (prices, rules, o) => {
+        const denseZoneThreshold = Math.max(1, Math.floor(o.denseShare * o.maxPrice));
+        const options: ScanOptions = {
+          strategy: o.strategy,
+          maxPrice: o.maxPrice,
+          denseZoneThreshold,
+          denseZoneStep: Math.max(1, Math.ceil(denseZoneThreshold / o.denseSteps)),
+          partitions: rules,
+          concurrency: o.concurrency,
+        };
+        const { scan, plan } = await planFor(prices, options);
+        assert.equal(scan.total, prices.length);
+        if (o.strategy === 'quantile') assert.ok(scan.countQueries <= Math.max(80, 2 * partitionCount(prices.length, rules) + 20));
+        assertContract(prices, plan, rules);
+        // Stones a cent either side of, and exactly at, every boundary the plan chose.
+        const edges = plan.slice(1).flatMap((p) => [p.priceMin * 100 - 1, p.priceMin * 100, p.priceMin * 100 + 1]);
+        const rule = workerRule(plan, edges);
+        assert.equal(rule.unowned + rule.duplicated, 0);
+      }),
+      { numRuns: 1500, seed: 438_000 },
+    );
+  });
+
+  it('a 30 % point mass at one price never produces a partition under the minimum', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.integer({ min: 0, max: 2_000_000 }), fc.integer({ min: 1, max: 1000 }), async (massCents, seed) => {
+        const random = seededRandom(seed);
+        const prices: number[] = [];
+        for (let i = 0; i < 7000; i++) prices.push(Math.floor(Math.exp(random() * Math.log(2_000_000))));
+        for (let i = 0; i < 3000; i++) prices.push(massCents);
+        const rules: PartitionRules = { maxWorkers: 30, recordsPerWorker: 500, minRecordsPerWorker: 100 };
+        const { plan } = await planFor(prices, { strategy: 'quantile', ...seedDefaults, partitions: rules });
+        assertContract(prices, plan, rules);
+        assert.ok(plan.length >= 2);
+      }),
+      { numRuns: 200, seed: 30 },
+    );
+  });
+});
+
+describe('realistic inventory (≈438,000 stones)', () => {
+  const realistic = generateInventory('realistic', { seed: 1 }).priceCents;
+
+  it('full run: 30 partitions, ≤ 80 count queries, largest ≤ 1.05 × ideal, counts exact', async (t) => {
+    const { scan, plan } = await planFor(realistic, { strategy: 'quantile', ...seedDefaults, partitions: fullRules });
+    assertContract(realistic, plan, fullRules);
+    assert.equal(plan.length, 30);
+    assert.ok(scan.countQueries <= 80, `${scan.countQueries} count queries`);
+    const ratio = Math.max(...plan.map((p) => p.expectedRecords)) / (realistic.length / plan.length);
+    t.diagnostic(`quantile: ${scan.countQueries} count queries, max/ideal ${ratio.toFixed(4)}`);
+    assert.ok(ratio <= 1.05, `max/ideal ${ratio}`);
+  });
+
+  it('incremental-like 3 % window, 10 workers at most', async (t) => {
+    const random = seededRandom(3);
+    const window = realistic.filter(() => random() < 0.03);
+    const rules = { ...fullRules, maxWorkers: 10 };
+    const { scan, plan } = await planFor(window, { strategy: 'quantile', ...seedDefaults, partitions: rules });
+    assertContract(window, plan, rules);
+    assert.equal(plan.length, partitionCount(window.length, rules));
+    const ratio = Math.max(...plan.map((p) => p.expectedRecords)) / (window.length / plan.length);
+    t.diagnostic(`quantile: ${scan.countQueries} count queries, max/ideal ${ratio.toFixed(4)}`);
+    assert.ok(scan.countQueries <= 20 && ratio <= 1.05);
+  });
+
+  it('the seed strategy stays a valid (if costly) reference', async (t) => {
+    const { scan, plan } = await planFor(realistic, { strategy: 'seed', ...seedDefaults, partitions: fullRules });
+    assertContract(realistic, plan, fullRules);
+    const ratio = Math.max(...plan.map((p) => p.expectedRecords)) / (realistic.length / plan.length);
+    t.diagnostic(`seed: ${scan.countQueries} count queries, max/ideal ${ratio.toFixed(4)}`);
+  });
+});
