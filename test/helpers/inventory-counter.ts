@@ -70,17 +70,8 @@ export function workerRule(partitions: readonly Partition[], priceCents: ArrayLi
   return { fetched, unowned, duplicated };
 }
 
-/** Deterministic PRNG (mulberry32) so generated inventories are reproducible. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Deterministic PRNG, the simulator's, so generated inventories are reproducible. */
+export { mulberry32 as seededRandom } from '../../src/simulator/inventory.js';
 
 /** CONTRACT §2 shape: ids, integer contiguous non-empty ranges tiling [0, PRICE_AXIS_END). */
 export function assertTiles(partitions: readonly Partition[]): void {

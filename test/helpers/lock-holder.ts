@@ -23,28 +23,21 @@ async function untilReleaseRequested(): Promise<void> {
   lines.close();
 }
 
+/** Prints the outcome as a JSON line; when acquired, holds the lock until the parent asks for release. */
+async function holdOrReport(result: { acquired: true; holder: string; since: string; release(): Promise<void> } | { acquired: false }): Promise<void> {
+  if (!result.acquired) return print(result);
+  print({ acquired: true, holder: result.holder, since: result.since, pid: process.pid });
+  await untilReleaseRequested();
+  await result.release();
+  print({ released: true });
+}
+
 if (mode === 'db') {
   const db = await openDatabase({ backend: 'postgres', url: target, poolMax: 2 }, { logger });
-  const result = await acquireLock(db, { holder, ttlSeconds: Number(ttl), logger });
-  if (result.acquired) {
-    print({ acquired: true, holder: result.holder, since: result.since, pid: process.pid });
-    await untilReleaseRequested();
-    await result.release();
-    print({ released: true });
-  } else {
-    print(result);
-  }
+  await holdOrReport(await acquireLock(db, { holder, ttlSeconds: Number(ttl), logger }));
   await db.close();
 } else if (mode === 'file') {
-  const result = await acquireFileLock(target, { holder, logger });
-  if (result.acquired) {
-    print({ acquired: true, holder: result.holder, since: result.since, pid: process.pid });
-    await untilReleaseRequested();
-    await result.release();
-    print({ released: true });
-  } else {
-    print(result);
-  }
+  await holdOrReport(await acquireFileLock(target, { holder, logger }));
 } else {
   throw new Error(`unknown mode ${mode}`);
 }
