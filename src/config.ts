@@ -49,7 +49,7 @@ const envSchema = z.object({
   NIVODA_QUERY: z.string().optional(),
   NIVODA_REQUEST_TIMEOUT_MS: int(100).default(30_000),
   NIVODA_MAX_CONCURRENCY: int(1, 64).default(4),
-  NIVODA_MAX_REQUESTS_PER_SECOND: positive.default(10),
+  NIVODA_MAX_REQUESTS_PER_SECOND: positive.default(20),
   NIVODA_MAX_ATTEMPTS: int(1, 20).default(5),
   NIVODA_RETRY_BUDGET_MS: int(0).default(120_000),
 

@@ -197,4 +197,12 @@ async function main(argv: string[] = process.argv): Promise<number> {
   }
 }
 
+// A stopped job (SIGTERM from Container Apps, Ctrl-C) exits 1 through process.exit, so the
+// exit hooks still run (the embedded lock file is removed); a lease row simply expires.
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  process.once(signal, () => {
+    log.warn({ signal }, 'stopped by a signal before the command finished');
+    process.exit(1);
+  });
+}
 process.exit(await main());
