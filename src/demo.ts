@@ -1,7 +1,7 @@
 // `npm run demo`: the scheduler end to end with zero setup. It starts the Nivoda simulator
 // with a realistic inventory and runs the real command line against it, with the embedded
 // database, the file watermark and the local queue under .data/demo.
-import { spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -24,29 +24,31 @@ const env = {
   AZURE_SERVICE_BUS_CONNECTION_STRING: '',
 };
 
-function scheduler(...args: string[]): string {
+/** Runs the real command line; asynchronously, because the simulator answers from this process. */
+async function scheduler(...args: string[]): Promise<void> {
   process.stdout.write(`\n$ scheduler ${args.join(' ')}\n`);
-  const result = spawnSync(process.execPath, ['--import', 'tsx', path.join(root, 'src', 'index.ts'), ...args], {
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'src', 'index.ts'), ...args], {
     cwd: root,
     env,
-    encoding: 'utf8',
-    stdio: ['ignore', 'pipe', 'inherit'],
+    stdio: ['ignore', 'inherit', 'inherit'],
   });
-  process.stdout.write(result.stdout);
-  if (result.status !== 0) throw new Error(`scheduler ${args.join(' ')} exited with ${result.status}`);
-  return result.stdout;
+  const code = await new Promise<number | null>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', resolve);
+  });
+  if (code !== 0) throw new Error(`scheduler ${args.join(' ')} exited with ${code}`);
 }
 
 try {
   process.stdout.write(`Nivoda simulator at ${simulator.url} (realistic inventory)\n`);
-  scheduler('plan');
-  scheduler('run');
-  scheduler('status');
-  scheduler('queue', 'peek', '--limit', '3');
+  await scheduler('plan');
+  await scheduler('run');
+  await scheduler('status');
+  await scheduler('queue', 'peek', '--limit', '3');
   // Stand in for the consolidator: the full run is done, so the watermark moves to a day ago.
-  scheduler('watermark', 'set', new Date(Date.now() - 24 * 3600_000).toISOString());
-  scheduler('run');
-  scheduler('status');
+  await scheduler('watermark', 'set', new Date(Date.now() - 24 * 3600_000).toISOString());
+  await scheduler('run');
+  await scheduler('status');
   const stats = simulator.stats();
   process.stdout.write(`\nThe simulator answered ${stats.requests} requests (${stats.countQueries} count queries).\n`);
 } finally {
