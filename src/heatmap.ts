@@ -22,7 +22,9 @@
 // - 'quantile' (default): T, a coarse geometric grid, then guesses for the price of each
 //   boundary's quantile k·T/N from a monotone interpolation of what is known, refined
 //   (interpolation with a bisection safeguard) only while a boundary is off by more than its
-//   share of the balance tolerance, all probes of a round issued concurrently.
+//   share of the balance tolerance, all probes of a round issued concurrently. When every
+//   boundary still off is stuck on a one-dollar spike, the targets are re-spread so the spike's
+//   neighbours absorb its imbalance (see spreadTargets) and refinement resumes on the budget left.
 // - 'seed': the old system's scan pattern, the benchmark's reference: fixed denseZoneStep steps
 //   from $0 to denseZoneThreshold, adaptive steps above it up to maxPrice (×5 after an empty
 //   range, else scaled to aim at targetRecordsPerChunk, between 2·denseZoneStep and $50,000),
@@ -184,11 +186,13 @@ async function quantileScan(probe: Prober, total: number, options: ScanOptions):
 
   await probe.countBelow(geometricGrid(options.maxPrice, options.gridPoints ?? 6, budget - probe.queries));
 
-  const targets = Array.from({ length: n - 1 }, (_, i) => ((i + 1) * total) / n);
   const lastWidth = new Map<number, number>(); // target index → bracket width (log price) when last probed
+  const quantiles = Array.from({ length: n - 1 }, (_, i) => ((i + 1) * total) / n);
+  let spread = false;
   while (probe.queries < budget) {
     const points = normalisePoints(probe.points(), total);
     if (balanced(points, total, options.partitions, n, tolerance)) return;
+    const targets = spread ? spreadTargets(points, total, n) : quantiles;
     const curve = new MonotoneCurve(points, total);
     const brackets = targets.map((target) => bracket(points, target));
     // The plan that takes, for each quantile, the nearest known price: boundary k's error moves
@@ -222,9 +226,99 @@ async function quantileScan(probe: Prober, total: number, options: ScanOptions):
       chosen.push(proposal.price);
       lastWidth.set(proposal.k, logPrice(brackets[proposal.k]!.hi.price) - logPrice(brackets[proposal.k]!.lo.price));
     }
-    if (chosen.length === 0) return;
+    if (chosen.length === 0) {
+      // Only spikes are left: re-aim the neighbours instead of giving up. Not from the start:
+      // every pin moves its whole stretch's targets, and pins found one by one while the
+      // quantiles are still being located make boundaries chase moving targets (measured: the
+      // budget runs out first).
+      if (spread) return;
+      spread = true;
+      lastWidth.clear();
+      continue;
+    }
     await probe.countBelow(chosen);
   }
+}
+
+/**
+ * Where each boundary should land, in stones below it. Ideally at its quantile k·T/N, but a
+ * boundary whose quantile falls inside a known one-dollar spike (no whole-dollar price between
+ * the two known points around it) can only sit at one side of the spike, off its quantile by up
+ * to the spike's size. Probing closer cannot help there; what helps is letting the neighbours
+ * absorb the imbalance: such a boundary is pinned at one side, and the boundaries between two
+ * consecutive pins (or a pin and an end of the axis) aim at evenly spaced counts, so a spike of
+ * s stones off by e moves each of the m partitions of its stretch by only e/m. Shifting a
+ * neighbour can land it in another spike: pinning repeats until no target does.
+ */
+function spreadTargets(points: readonly CumulativePoint[], total: number, n: number): number[] {
+  const pins = new Map<number, { lo: number; hi: number }>();
+  let targets = Array.from({ length: n - 1 }, (_, i) => ((i + 1) * total) / n);
+  for (let round = 0; round < n; round++) {
+    let added = false;
+    targets.forEach((target, k) => {
+      if (pins.has(k)) return;
+      const { lo, hi } = bracket(points, target);
+      if (hi.price - lo.price <= 1 && lo.below < target && target < hi.below) {
+        pins.set(k, { lo: lo.below, hi: hi.below });
+        added = true;
+      }
+    });
+    if (!added) break;
+    targets = evenBetweenPins(pins, total, n);
+  }
+  return targets;
+}
+
+/**
+ * Chooses a side for every pinned boundary (the lowest largest spacing between consecutive
+ * anchors, a small DP over the pins in order; ties to the sides nearer the quantiles), then
+ * spaces the free boundaries evenly between anchors.
+ */
+function evenBetweenPins(pins: ReadonlyMap<number, { lo: number; hi: number }>, total: number, n: number): number[] {
+  const order = [...pins.keys()].sort((a, b) => a - b);
+  type State = { worst: number; drift: number; from: number };
+  const options = order.map((k) => [pins.get(k)!.lo, pins.get(k)!.hi]);
+  const spacing = (k0: number, c0: number, k1: number, c1: number): number => (c1 < c0 ? Infinity : (c1 - c0) / (k1 - k0));
+  const better = (a: State, b: State): boolean => a.worst < b.worst || (a.worst === b.worst && a.drift < b.drift);
+  const table: State[][] = [];
+  order.forEach((k, i) => {
+    const row = options[i]!.map((c): State => {
+      const drift = Math.abs(c - ((k + 1) * total) / n);
+      if (i === 0) return { worst: spacing(-1, 0, k, c), drift, from: -1 };
+      let best: State = { worst: Infinity, drift: Infinity, from: 0 };
+      options[i - 1]!.forEach((p, side) => {
+        const prev = table[i - 1]![side]!;
+        const candidate = { worst: Math.max(prev.worst, spacing(order[i - 1]!, p, k, c)), drift: prev.drift + drift, from: side };
+        if (better(candidate, best)) best = candidate;
+      });
+      return best;
+    });
+    table.push(row);
+  });
+  // Anchors by boundary index k (−1 is the axis start, n − 1 its end), walking the DP back.
+  const anchors = new Map<number, number>([[-1, 0], [n - 1, total]]);
+  if (order.length > 0) {
+    const last = order.length - 1;
+    const close = (side: number): State => {
+      const s = table[last]![side]!;
+      return { ...s, worst: Math.max(s.worst, spacing(order[last]!, options[last]![side]!, n - 1, total)) };
+    };
+    let side = better(close(1), close(0)) ? 1 : 0;
+    for (let i = last; i >= 0; i--) {
+      anchors.set(order[i]!, options[i]![side]!);
+      side = table[i]![side]!.from;
+    }
+  }
+  const keys = [...anchors.keys()].sort((a, b) => a - b);
+  const targets: number[] = [];
+  for (let j = 0; j + 1 < keys.length; j++) {
+    const k0 = keys[j]!;
+    const k1 = keys[j + 1]!;
+    const c0 = anchors.get(k0)!;
+    const c1 = anchors.get(k1)!;
+    for (let k = k0 + 1; k <= k1 && k < n - 1; k++) targets[k] = c0 + ((k - k0) * (c1 - c0)) / (k1 - k0);
+  }
+  return targets;
 }
 
 /** $1 … maxPrice, evenly spaced in log price: where the inventory lives is unknown (price field, filters). */
