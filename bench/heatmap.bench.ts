@@ -104,7 +104,7 @@ async function equalWidthPlan(config: Config, sim: Simulator, full: boolean): Pr
     totalRecords: total,
     priceField: config.nivoda.priceField,
     partitions,
-    scan: { countQueries: 1, durationMs: seconds * 1000, strategy: 'equal-width' },
+    scan: { countQueries: 1, durationMs: seconds * 1000 },
   };
   return { planned, requests: client.stats().requests, seconds };
 }

@@ -1,14 +1,13 @@
 // Opens the configured backends (the one place that chooses them from the config) and
 // holds the single-instance lock around a run. Every command goes through here.
-import { randomUUID } from 'node:crypto';
 import os from 'node:os';
 import type { BaseConfig } from './config.js';
 import type { Database } from './db/database.js';
 import { migrate } from './db/migrate.js';
 import { openDatabase } from './db/open.js';
-import { PermanentError } from './errors.js';
+import { ConfigError, PermanentError, toError } from './errors.js';
 import { acquireFileLock, acquireLock, embeddedLockFile, type FileLockHandle } from './lock.js';
-import type { Logger } from './log.js';
+import { scrub, type Logger } from './log.js';
 import { openQueue, type WorkItemQueue } from './queue/queue.js';
 import { openWatermarkStore, type WatermarkStore } from './watermark.js';
 
@@ -40,7 +39,7 @@ export class EmbeddedDatabaseBusyError extends PermanentError {
   }
 }
 
-const holderName = (runId: string) => `${os.hostname()}:${process.pid}:${runId}`;
+export const holderName = (runId: string) => `${os.hostname()}:${process.pid}:${runId}`;
 
 export function openResources(config: BaseConfig, logger: Logger, options: { database: false }): Promise<Pick<Resources, 'watermarks' | 'close'>>;
 export function openResources(config: BaseConfig, logger: Logger, options?: { database?: true; holder?: string }): Promise<Resources>;
@@ -66,7 +65,7 @@ export async function openResources(
     db = await openDatabase(config.database, { logger });
     const { applied } = await migrate(db);
     if (applied.length > 0) logger.info({ applied }, 'applied database migrations');
-    const queue = openQueue(config.queue, { db, logger });
+    const queue = openQueueOrExplain(config, db, logger);
     const opened = db;
     return {
       config,
@@ -75,16 +74,32 @@ export async function openResources(
       queue,
       migrations: applied,
       embeddedLock,
+      // Cleanup never throws: a failure here must not replace the error that ended the command.
       close: async () => {
-        await queue.close();
-        await opened.close();
-        await embeddedLock?.release();
+        for (const [what, step] of [
+          ['queue', () => queue.close()],
+          ['database', () => opened.close()],
+          ['embedded lock', async () => embeddedLock?.release()],
+        ] as const) {
+          await step().catch((err: unknown) => logger.warn({ err: toError(err) }, `closing the ${what} failed`));
+        }
       },
     };
   } catch (err) {
     await db?.close().catch(() => {});
     await embeddedLock?.release();
     throw err;
+  }
+}
+
+/** A connection string the SDK cannot parse is a configuration problem (exit 2), not a failed run. */
+function openQueueOrExplain(config: BaseConfig, db: Database, logger: Logger): WorkItemQueue {
+  try {
+    return openQueue(config.queue, { db, logger });
+  } catch (err) {
+    if (config.queue.backend !== 'servicebus' || err instanceof PermanentError) throw err;
+    const name = config.queue.connectionString ? 'AZURE_SERVICE_BUS_CONNECTION_STRING' : 'AZURE_SERVICE_BUS_NAMESPACE';
+    throw new ConfigError([`${name} is not usable: ${scrub(toError(err).message)}`]);
   }
 }
 
@@ -96,10 +111,10 @@ export async function openResources(
 export async function withRunLock<T>(
   resources: Resources,
   logger: Logger,
-  fn: (runId: string, signal: AbortSignal) => Promise<T>,
+  runId: string,
+  fn: (signal: AbortSignal) => Promise<T>,
 ): Promise<T | 'skipped'> {
-  const runId = randomUUID();
-  if (resources.embeddedLock) return fn(runId, new AbortController().signal);
+  if (resources.embeddedLock) return fn(new AbortController().signal);
   const lock = await acquireLock(resources.db, {
     holder: holderName(runId),
     ttlSeconds: resources.config.lockTtlSeconds,
@@ -110,8 +125,8 @@ export async function withRunLock<T>(
     return 'skipped';
   }
   try {
-    return await fn(runId, lock.signal);
+    return await fn(lock.signal);
   } finally {
-    await lock.release();
+    await lock.release().catch((err: unknown) => logger.warn({ err: toError(err) }, 'releasing the lock failed; it expires with its lease'));
   }
 }

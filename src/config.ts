@@ -1,6 +1,7 @@
 // Environment → one typed, validated config object. Every problem is collected and
 // reported at once (ConfigError → exit 2), so an operator fixes a deployment in one go.
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { parseEnv } from 'node:util';
 import path from 'node:path';
 import { z } from 'zod';
 import { PRICE_FIELDS, type PriceField } from './domain.js';
@@ -267,8 +268,13 @@ export function isLoopback(url: string): boolean {
   return host === 'localhost' || host === '[::1]' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
 }
 
-/** In development only, a `.env` file in the working directory fills variables that are not set. */
-export function loadDotEnv(env: Env = process.env): void {
-  if (env.NODE_ENV === 'production' || !existsSync('.env')) return;
-  process.loadEnvFile('.env');
+/**
+ * In development only, a `.env` file in the working directory fills the variables that are
+ * unset — or empty, since empty counts as unset everywhere else in this module.
+ */
+export function loadDotEnv(env: Env = process.env, file = '.env'): void {
+  if (env.NODE_ENV === 'production' || !existsSync(file)) return;
+  for (const [name, value] of Object.entries(parseEnv(readFileSync(file, 'utf8')))) {
+    if (env[name] === undefined || env[name]!.trim() === '') env[name] = value;
+  }
 }

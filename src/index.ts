@@ -2,7 +2,8 @@
 // The command line (CONTRACT §7). Every outcome maps to an exit code here and only here:
 // 0 success (also skipped and empty), 1 a failed run, 2 bad configuration or usage.
 import { Command, CommanderError, Option } from 'commander';
-import { EmbeddedDatabaseBusyError, openResources, withRunLock, type Resources } from './app.js';
+import { randomUUID } from 'node:crypto';
+import { EmbeddedDatabaseBusyError, holderName, openResources, withRunLock, type Resources } from './app.js';
 import { loadBaseConfig, loadConfig, loadDotEnv } from './config.js';
 import { listRuns } from './db/runs.js';
 import { ConfigError, toError, WatermarkFormatError } from './errors.js';
@@ -11,7 +12,8 @@ import { createNivodaClient } from './nivoda/client.js';
 import { isLocalQueue } from './queue/queue.js';
 import { formatPlan, formatRuns } from './report.js';
 import { plan, run } from './scheduler.js';
-import { parseWatermark, unchangedSince, type StoredWatermark, type WatermarkStore } from './watermark.js';
+import type { Watermark } from './domain.js';
+import { unchangedSince, watermarkProblems, type StoredWatermark, type WatermarkStore } from './watermark.js';
 
 const out = (text: string) => process.stdout.write(`${text}\n`);
 
@@ -29,22 +31,25 @@ function buildProgram(setExit: (code: number) => void): Command {
     .option('--force', 'let a full run proceed while earlier runs are still being worked')
     .action(async (options: { full?: boolean; force?: boolean }) => {
       const config = loadConfig();
-      const nivoda = createNivodaClient(config.nivoda, log);
+      const runId = randomUUID();
+      // Every line of the run carries its runId, the client's and the queue's included.
+      const logger = log.child({ runId });
+      const nivoda = createNivodaClient(config.nivoda, logger);
       let resources: Resources;
       try {
-        resources = await openResources(config, log);
+        resources = await openResources(config, logger, { holder: holderName(runId) });
       } catch (thrown) {
         if (!(thrown instanceof EmbeddedDatabaseBusyError)) throw thrown;
-        log.info({ holder: thrown.holder, since: thrown.since, pid: thrown.pid }, 'skipped: another scheduler holds the lock');
+        logger.info({ holder: thrown.holder, since: thrown.since, pid: thrown.pid }, 'skipped: another scheduler holds the lock');
         return;
       }
       try {
-        const outcome = await withRunLock(resources, log, (runId, signal) =>
+        const outcome = await withRunLock(resources, logger, runId, (signal) =>
           run({ ...resources, config, nivoda, logger: log }, { ...options, runId, signal }),
         );
         if (outcome === 'skipped') return;
-        log.info(
-          { runId: outcome.runId, runType: outcome.plan.runType, partitions: outcome.plan.partitions.length, published: outcome.published, nivoda: nivoda.stats() },
+        logger.info(
+          { runType: outcome.plan.runType, partitions: outcome.plan.partitions.length, published: outcome.published, nivoda: nivoda.stats() },
           outcome.plan.partitions.length === 0 ? 'run finished: the window holds no stones' : 'run finished',
         );
       } finally {
@@ -63,7 +68,7 @@ function buildProgram(setExit: (code: number) => void): Command {
       const resources = await openResources(config, log, { database: false });
       try {
         const planned = await plan({ config, nivoda, logger: log, watermarks: resources.watermarks }, options);
-        out(options.json ? JSON.stringify(planned) : formatPlan(planned));
+        out(options.json ? JSON.stringify(planned) : formatPlan(planned, config.heatmap.strategy));
       } finally {
         await resources.close();
       }
@@ -98,7 +103,7 @@ function buildProgram(setExit: (code: number) => void): Command {
     .command('set <lastUpdatedAt>')
     .description('set lastUpdatedAt (ISO-8601); the next run is incremental from it')
     .action(async (lastUpdatedAt: string) => {
-      const next = parseWatermark(JSON.stringify({ lastUpdatedAt, lastRunId: 'manual', lastRunCompletedAt: new Date().toISOString() }), 'the command line');
+      const next = watermarkFromCommandLine(lastUpdatedAt);
       const { watermarks, close } = await openResources(loadBaseConfig(), log, { database: false });
       try {
         const current = await readForRepair(watermarks);
@@ -155,6 +160,16 @@ function buildProgram(setExit: (code: number) => void): Command {
 
   program.hook('postAction', () => setExit(0));
   return program;
+}
+
+/** What an operator typed: a bad or future date is a usage error (exit 2), caught before anything is read or written. */
+function watermarkFromCommandLine(lastUpdatedAt: string): Watermark {
+  const now = new Date().toISOString();
+  const candidate = { lastUpdatedAt, lastRunId: 'manual', lastRunCompletedAt: now };
+  const problems = watermarkProblems(candidate).map((p) => `watermark set: ${p}`);
+  if (problems.length === 0 && Date.parse(lastUpdatedAt) > Date.parse(now)) problems.push(`watermark set: ${lastUpdatedAt} is in the future`);
+  if (problems.length > 0) throw new ConfigError(problems);
+  return candidate;
 }
 
 /** `set` and `clear` are how an operator repairs a damaged watermark, so a malformed one must not stop them. */

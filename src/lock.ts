@@ -345,6 +345,9 @@ function parseLockContent(raw: string): FileLockContent | undefined {
 
 function isStale(lock: FileLockContent): boolean {
   if (lock.hostname !== os.hostname()) return false;
+  // Our own pid in a lock we do not hold: a restarted container reuses pids (often pid 1), so
+  // the file was left by an earlier life of this host, not by a live scheduler.
+  if (lock.pid === process.pid) return true;
   try {
     process.kill(lock.pid, 0);
     return false;

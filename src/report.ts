@@ -8,14 +8,14 @@ const BAR_WIDTH = 40;
 const money = (dollars: number) => (dollars >= PRICE_AXIS_END ? '∞' : `$${dollars.toLocaleString('en-US')}`);
 const bar = (value: number, max: number) => '█'.repeat(max > 0 ? Math.max(value > 0 ? 1 : 0, Math.round((value / max) * BAR_WIDTH)) : 0);
 
-export function formatPlan(planned: Plan): string {
+export function formatPlan(planned: Plan, strategy: string): string {
   const lines: string[] = [];
   const window = planned.updatedFrom ? `${planned.updatedFrom} → ${planned.updatedTo}` : `everything up to ${planned.updatedTo}`;
   lines.push(`${planned.runType} run · ${planned.priceField} · window ${window}`);
   if (planned.watermarkBefore) lines.push(`watermark before: ${planned.watermarkBefore}`);
   lines.push(
     `${planned.totalRecords.toLocaleString('en-US')} stones → ${planned.partitions.length} partitions · ` +
-      `${planned.scan.countQueries} count queries in ${(planned.scan.durationMs / 1000).toFixed(2)} s (${planned.scan.strategy})`,
+      `${planned.scan.countQueries} count queries in ${(planned.scan.durationMs / 1000).toFixed(2)} s (${strategy})`,
   );
   if (planned.partitions.length === 0) {
     lines.push('', 'The window holds no stones: nothing to publish.');

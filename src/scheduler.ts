@@ -3,7 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Config } from './config.js';
 import type { Database } from './db/database.js';
-import { abandonStaleRuns, markFailed, markPublished, recordRun, unfinishedRuns } from './db/runs.js';
+import { abandonStaleRuns, lastPublishedFullRun, markFailed, markPublished, recordRun, unfinishedRuns } from './db/runs.js';
 import type { Partition, PriceField, RunType, UpdatedWindow, Watermark, WorkItemMessage } from './domain.js';
 import { PermanentError, toError } from './errors.js';
 import { scanDensity } from './heatmap.js';
@@ -23,7 +23,7 @@ export interface Plan {
   totalRecords: number;
   priceField: PriceField;
   partitions: Partition[];
-  scan: { countQueries: number; durationMs: number; strategy: string };
+  scan: { countQueries: number; durationMs: number };
 }
 
 export interface PlanDeps {
@@ -72,6 +72,12 @@ export async function resolveWindow(
   const runType: RunType = requested === 'full' || !watermark ? 'full' : 'incremental';
   const to = (deps.now ?? (() => new Date()))().toISOString();
   if (runType === 'full' || !watermark) return { runType, window: { to }, watermark };
+  if (Date.parse(watermark.lastUpdatedAt) > Date.parse(to)) {
+    throw new PermanentError(
+      `the watermark at ${deps.watermarks.location} is in the future (lastUpdatedAt ${watermark.lastUpdatedAt}, now ${to}); ` +
+        'fix it with `watermark set <ISO>`',
+    );
+  }
   const from = new Date(Date.parse(watermark.lastUpdatedAt) - deps.config.run.safetyBufferMinutes * 60_000);
   return { runType, window: { from: from.toISOString(), to }, watermark };
 }
@@ -84,10 +90,16 @@ function rulesFor(config: Config, runType: RunType): PartitionRules {
   };
 }
 
-/** Scans and partitions without writing or publishing anything: the `plan` command, and the first half of a run. */
+/** Scans and partitions without writing or publishing anything: the `plan` command. */
 export async function plan(deps: PlanDeps, options: { full?: boolean } = {}): Promise<Plan> {
+  return scanWindow(deps, await resolveWindow(deps, options));
+}
+
+type ResolvedWindow = Awaited<ReturnType<typeof resolveWindow>>;
+
+/** Scans a fixed window and partitions it (CONTRACT §1 steps 4–5). */
+async function scanWindow(deps: PlanDeps, { runType, window, watermark }: ResolvedWindow): Promise<Plan> {
   const { config, nivoda, logger } = deps;
-  const { runType, window, watermark } = await resolveWindow(deps, options);
   const scope: QueryScope = { baseQuery: config.nivoda.baseQuery, priceField: config.nivoda.priceField, window };
   const rules = rulesFor(config, runType);
   logger.info({ runType, window, strategy: config.heatmap.strategy }, 'scanning inventory density');
@@ -115,7 +127,7 @@ export async function plan(deps: PlanDeps, options: { full?: boolean } = {}): Pr
     totalRecords: scan.total,
     priceField: config.nivoda.priceField,
     partitions,
-    scan: { countQueries: scan.countQueries, durationMs, strategy: scan.strategy },
+    scan: { countQueries: scan.countQueries, durationMs },
   };
 }
 
@@ -138,7 +150,7 @@ export function workItems(runId: string, planned: Plan): WorkItemMessage[] {
 }
 
 /**
- * The whole run. The run and its partitions are recorded in one transaction before
+ * The whole run (after the lock). The run and its partitions are recorded in one transaction before
  * anything is published (the table is the outbox): a crash between the two leaves a
  * 'scheduling' run that the next run marks abandoned, and the watermark, which only the
  * consolidator advances, still covers its window.
@@ -148,20 +160,16 @@ export async function run(deps: RunDeps, options: RunOptions = {}): Promise<RunO
   const logger = deps.logger.child({ runId });
   const { db, queue } = deps;
 
+  const resolved = await resolveWindow(deps, options);
+  const full = resolved.runType === 'full';
+  // Before the scan, so a refused run spends none of the vendor's quota.
+  if (full && !options.force) await refuseWhileRunsAreWorked(db);
+
+  const planned = await scanWindow({ ...deps, logger }, resolved);
+  if (full && !options.force) await refuseSuspiciousFullScan(db, planned);
+
   const abandoned = await abandonStaleRuns(db);
   if (abandoned > 0) logger.warn({ abandoned }, 'marked runs left unpublished by a crashed scheduler as abandoned');
-
-  const planned = await plan({ ...deps, logger }, options);
-  const full = planned.runType === 'full';
-  if (full && !options.force) {
-    const busy = await unfinishedRuns(db);
-    if (busy.length > 0) {
-      throw new PermanentError(
-        `a full run would empty raw_diamonds_nivoda while ${busy.length} earlier run(s) are still being worked ` +
-          `(${busy.map((r) => `${r.runId} started ${r.startedAt}`).join(', ')}); wait for them or pass --force`,
-      );
-    }
-  }
 
   assertStillLocked(options.signal);
   await recordRun(
@@ -192,11 +200,40 @@ export async function run(deps: RunDeps, options: RunOptions = {}): Promise<RunO
     await markFailed(db, runId, scrub(error.message)).catch((markError: unknown) =>
       logger.error({ err: toError(markError) }, 'could not record the run as failed'),
     );
-    throw new Error(`publishing the work items of run ${runId} failed: ${error.message}`, { cause: error });
+    const emptied = full ? '; raw_diamonds_nivoda was already emptied, so run `run --full` again once the queue is back' : '';
+    throw new Error(`publishing the work items of run ${runId} failed: ${error.message}${emptied}`, { cause: error });
   }
   await markPublished(db, runId);
   logger.info({ published, queue: queue.kind }, 'run published');
   return { runId, plan: planned, published };
+}
+
+/** A full run empties the raw table: not while workers of an earlier run may still be writing to it. */
+async function refuseWhileRunsAreWorked(db: Database): Promise<void> {
+  const busy = await unfinishedRuns(db);
+  if (busy.length === 0) return;
+  throw new PermanentError(
+    `a full run would empty raw_diamonds_nivoda while ${busy.length} earlier run(s) may still be worked ` +
+      `(${busy.map((r) => `${r.runId} ${r.status} ${r.startedAt}`).join(', ')}); wait for them or pass --force`,
+  );
+}
+
+/** A full scan this small is far likelier a broken filter or a vendor fault than an emptied inventory. */
+const SUSPICIOUS_SHRINK = 0.5;
+
+async function refuseSuspiciousFullScan(db: Database, planned: Plan): Promise<void> {
+  if (planned.totalRecords === 0) {
+    throw new PermanentError(
+      'the full scan found no stones at all; refusing to empty raw_diamonds_nivoda (check NIVODA_QUERY and the account), or pass --force',
+    );
+  }
+  const last = await lastPublishedFullRun(db);
+  if (last && planned.totalRecords < last.totalRecords * SUSPICIOUS_SHRINK) {
+    throw new PermanentError(
+      `the full scan found ${planned.totalRecords} stones, less than half of the last full run's ${last.totalRecords} ` +
+        `(${last.runId}); refusing to empty raw_diamonds_nivoda, or pass --force`,
+    );
+  }
 }
 
 function assertStillLocked(signal: AbortSignal | undefined): void {

@@ -161,18 +161,49 @@ describe('command line, end to end', () => {
     const partitions = (await sql.query('SELECT count(*) AS n FROM run_partitions WHERE run_id = $1 AND published_at IS NOT NULL', [run.run_id])).rows[0].n;
     assert.equal(Number(partitions), bodies.length);
     assert.deepEqual(secretsIn(result, allSecrets()), []);
+    const runIds = new Set(result.logs.map((l) => l.runId));
+    assert.deepEqual([...runIds], [run.run_id], 'every log line of the run carries its runId');
   });
 
-  it('a full run is refused while an earlier run is being worked, unless --force', async () => {
+  it('a full run is refused while an earlier run is being worked, before spending any count query, unless --force', async () => {
     const before = peer.received.length;
+    const queries = sim.stats().countQueries;
     const refused = await runCli(['run', '--full'], azureEnv());
     assert.equal(refused.code, 1);
     assert.match(refused.stderr, /--force/);
+    assert.equal(sim.stats().countQueries, queries);
     assert.equal(peer.received.length, before);
     assert.equal(await runCount(), 1);
     const forced = await runCli(['run', '--full', '--force'], azureEnv());
     assert.equal(forced.code, 0, forced.stderr);
     assert.equal(await runCount(), 2);
+  });
+
+  it('a full scan that finds no stones does not empty the raw table', async () => {
+    await sql.query('UPDATE run_metadata SET completed_at = now() WHERE completed_at IS NULL'); // the consolidator's part
+    await sql.query(`INSERT INTO raw_diamonds_nivoda (supplier_stone_id, offer_id, payload, run_id) VALUES ('s-2', 'o-2', '{}', gen_random_uuid())`);
+    const runs = await runCount();
+    const result = await runCli(['run', '--full'], { ...azureEnv(), NIVODA_QUERY: '{"sizes": {"from": 1000}}' });
+    assert.equal(result.code, 1);
+    assert.match(result.stderr, /found no stones/);
+    assert.equal(await runCount(), runs);
+    assert.equal((await sql.query('SELECT count(*) AS n FROM raw_diamonds_nivoda')).rows[0].n, '1');
+  });
+
+  it('watermark set refuses a bad or future date as a usage error', async () => {
+    const bad = await runCli(['watermark', 'set', 'yesterday'], azureEnv());
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /lastUpdatedAt/);
+    const future = await runCli(['watermark', 'set', new Date(Date.now() + 3600_000).toISOString()], azureEnv());
+    assert.equal(future.code, 2);
+    assert.match(future.stderr, /in the future/);
+  });
+
+  it('an unusable Service Bus connection string is a configuration error', async () => {
+    const result = await runCli(['run'], { ...azureEnv(), AZURE_SERVICE_BUS_CONNECTION_STRING: 'garbage;SharedAccessKey=sekrit-key-123' });
+    assert.equal(result.code, 2, result.stderr);
+    assert.match(result.stderr, /AZURE_SERVICE_BUS_CONNECTION_STRING/);
+    assert.ok(!result.stderr.includes('sekrit-key-123'));
   });
 
   it('with a watermark, the run is incremental from the watermark minus the safety buffer', async () => {

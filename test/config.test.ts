@@ -1,6 +1,9 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { loadBaseConfig, loadConfig } from '../src/config.js';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { loadBaseConfig, loadConfig, loadDotEnv } from '../src/config.js';
 import { ConfigError } from '../src/errors.js';
 
 const valid = {
@@ -98,5 +101,16 @@ describe('config', () => {
   it('lets the commands that never call Nivoda run without NIVODA_* but still checks them when set', () => {
     assert.equal(loadBaseConfig({}).nivoda, undefined);
     assert.throws(() => loadBaseConfig({ NIVODA_ENDPOINT: 'not a url' }), /NIVODA_ENDPOINT must be an http\(s\) URL/);
+  });
+
+  it('fills unset and empty variables from .env in development, never in production', () => {
+    const file = path.join(mkdtempSync(path.join(os.tmpdir(), 'dotenv-')), '.env');
+    writeFileSync(file, 'NIVODA_PASSWORD=from-file\nNIVODA_USERNAME=file-user\nLOG_LEVEL=debug\n');
+    const env: Record<string, string | undefined> = { NIVODA_PASSWORD: '', NIVODA_USERNAME: 'shell-user' };
+    loadDotEnv(env, file);
+    assert.deepEqual(env, { NIVODA_PASSWORD: 'from-file', NIVODA_USERNAME: 'shell-user', LOG_LEVEL: 'debug' });
+    const production: Record<string, string | undefined> = { NODE_ENV: 'production' };
+    loadDotEnv(production, file);
+    assert.deepEqual(production, { NODE_ENV: 'production' });
   });
 });

@@ -19,6 +19,7 @@ import {
   markPartitionPublished,
   markPublished,
   recordRun,
+  lastPublishedFullRun,
   unfinishedRuns,
   type NewRun,
 } from '../src/db/runs.js';
@@ -276,6 +277,29 @@ describe('run records on the real PostgreSQL server', () => {
     const listed = await listRuns(db, 3);
     assert.deepEqual(listed.map((r) => r.runId), [d.runId, c.runId, b.runId]);
     assert.deepEqual(listed.map((r) => r.status), ['abandoned', 'abandoned', 'failed']);
+  });
+
+  test('the full-run guard: recent failed or abandoned runs count, runs without work items never do', async () => {
+    await db.exec('DELETE FROM run_metadata');
+    const now = new Date().toISOString();
+    const empty = newRun({ startedAt: now, expectedWorkers: 0 });
+    await recordRun(db, empty, [], { emptyRawTable: false });
+    await markPublished(db, empty.runId);
+    assert.ok((await getRun(db, empty.runId))?.completedAt, 'a run without work items is complete at once');
+
+    const recentFailure = newRun({ startedAt: now });
+    const oldFailure = newRun({ startedAt: '2024-01-01T00:00:00.000Z' });
+    for (const run of [recentFailure, oldFailure]) {
+      await recordRun(db, run, TWO_PARTITIONS, { emptyRawTable: false });
+      await markFailed(db, run.runId, 'queue down after the first batch');
+    }
+    assert.deepEqual((await unfinishedRuns(db)).map((r) => r.runId), [recentFailure.runId]);
+
+    assert.equal(await lastPublishedFullRun(db), undefined);
+    const full = newRun({ runType: 'full', updatedFrom: null, watermarkBefore: null, startedAt: now, totalRecords: 437_849 });
+    await recordRun(db, full, TWO_PARTITIONS, { emptyRawTable: false });
+    await markPublished(db, full.runId);
+    assert.equal((await lastPublishedFullRun(db))?.totalRecords, 437_849);
   });
 });
 

@@ -36,6 +36,8 @@ export async function openPostgres(options: PostgresOptions): Promise<Database> 
     application_name: 'nivoda-scheduler',
     // A server that does not answer should fail the run, not hang it.
     connectionTimeoutMillis: 15_000,
+    // No statement of the scheduler takes long; one that does is stuck (a lock, a dead server).
+    statement_timeout: 120_000,
     idleTimeoutMillis: 10_000,
   });
   // Without a listener, an idle client dropped by the server (restart, pooler timeout) would

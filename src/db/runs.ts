@@ -56,6 +56,8 @@ const RUN_COLUMNS = `run_id, run_type, status, expected_workers, watermark_befor
  * either all of it happens or none. TRUNCATE rather than DELETE: the table can hold millions
  * of rows, and TRUNCATE is transactional in PostgreSQL (rolled back with the rest).
  */
+const RECORD_LOCK_TIMEOUT = '60s';
+
 export async function recordRun(
   db: Database,
   run: NewRun,
@@ -63,6 +65,9 @@ export async function recordRun(
   options: { emptyRawTable: boolean },
 ): Promise<void> {
   await db.transaction(async (tx) => {
+    // TRUNCATE waits for an ACCESS EXCLUSIVE lock: if workers hold the table, fail the run
+    // with a clear error instead of hanging while the lease keeps other schedulers out.
+    await tx.exec(`SET LOCAL lock_timeout = '${RECORD_LOCK_TIMEOUT}'`);
     await tx.query(
       `INSERT INTO run_metadata (run_id, run_type, status, expected_workers, watermark_before, updated_from,
          updated_to, price_field, total_records, count_queries, scan_duration_ms, started_at)
@@ -105,7 +110,10 @@ async function insertPartitions(tx: Queryable, runId: string, partitions: Partit
 export async function markPublished(db: Database, runId: string): Promise<void> {
   await db.transaction(async (tx) => {
     const rows = await tx.query(
-      `UPDATE run_metadata SET status = 'published', published_at = now()
+      // A run without work items has nothing for workers or the consolidator: it is complete at once,
+      // so it never holds back a later full run.
+      `UPDATE run_metadata SET status = 'published', published_at = now(),
+         completed_at = CASE WHEN expected_workers = 0 THEN now() ELSE completed_at END
        WHERE run_id = $1 AND status = 'scheduling' RETURNING run_id`,
       [runId],
     );
@@ -164,21 +172,39 @@ export async function listPartitions(db: Queryable, runId: string): Promise<Part
 }
 
 /**
- * Published runs the consolidator has not completed: workers may still be writing to the raw
- * table, so a full run must not empty it (unless forced). Oldest first.
+ * Runs whose workers may still be writing to the raw table, so a full run must not empty it
+ * (unless forced): published and not completed by the consolidator; and failed or abandoned
+ * runs of the last RECENTLY_PUBLISHED_HOURS, since some of their work items may have reached
+ * the queue before the failure. Runs without work items never count. Oldest first.
  */
 export async function unfinishedRuns(db: Queryable): Promise<RunRecord[]> {
   const rows = await db.query(
-    `SELECT ${RUN_COLUMNS} FROM run_metadata WHERE status = 'published' AND completed_at IS NULL
+    `SELECT ${RUN_COLUMNS} FROM run_metadata
+     WHERE completed_at IS NULL AND expected_workers > 0
+       AND (status = 'published'
+            OR (status IN ('failed', 'abandoned') AND started_at > now() - make_interval(hours => $1)))
      ORDER BY started_at, run_id`,
+    [RECENTLY_PUBLISHED_HOURS],
   );
   return rows.map(toRunRecord);
+}
+
+/** How long the work items of a failed or abandoned run are assumed to be in workers' hands. */
+export const RECENTLY_PUBLISHED_HOURS = 12;
+
+/** The last full run that published its work items: the yardstick for a suspiciously small full scan. */
+export async function lastPublishedFullRun(db: Queryable): Promise<RunRecord | undefined> {
+  const rows = await db.query(
+    `SELECT ${RUN_COLUMNS} FROM run_metadata WHERE run_type = 'full' AND status = 'published'
+     ORDER BY started_at DESC, run_id DESC LIMIT 1`,
+  );
+  return rows[0] ? toRunRecord(rows[0]) : undefined;
 }
 
 /**
  * Marks every 'scheduling' run as 'abandoned'. Call only while holding the single-instance
  * lock: then no live scheduler is writing one, so any such run was left by a crashed one.
- * Some of its work items may already be on the queue; its partitions' published_at tell which.
+ * Some of its work items may already be on the queue, so unfinishedRuns still counts it for a while.
  */
 export async function abandonStaleRuns(db: Queryable): Promise<number> {
   const rows = await db.query(
