@@ -110,11 +110,18 @@ class Prober {
   async countBelow(prices: readonly number[]): Promise<void> {
     const wanted = [...new Set(prices)].filter((p) => !this.has(p));
     let next = 0;
+    // Once one query has failed the scan is lost: the other lanes stop asking the vendor.
+    let failed = false;
     const worker = async (): Promise<void> => {
-      while (next < wanted.length) {
+      while (next < wanted.length && !failed) {
         const price = wanted[next++]!;
-        const atOrAbove = checked(await this.ask({ from: price }), `count({from: ${price}})`);
-        this.known.set(price, this.totalCount - atOrAbove);
+        try {
+          const atOrAbove = checked(await this.ask({ from: price }), `count({from: ${price}})`);
+          this.known.set(price, this.totalCount - atOrAbove);
+        } catch (err) {
+          failed = true;
+          throw err;
+        }
       }
     };
     const lanes = Math.max(1, Math.min(this.concurrency, wanted.length));

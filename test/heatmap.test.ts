@@ -93,6 +93,25 @@ describe('scanDensity: counts map onto the worker rule', () => {
     let calls = 0;
     await assert.rejects(scanDensity(async () => (calls++ === 0 ? 100_000 : Number.NaN), options), /not a count/);
   });
+
+  it('stops asking once a count has failed', async () => {
+    let asked = 0;
+    let refused = false;
+    const failing: CountFn = async (bounds) => {
+      asked++;
+      if (bounds.from === undefined) return 100_000;
+      const refuse = !refused;
+      refused = true;
+      await new Promise((resolve) => setImmediate(resolve));
+      // The firewall refuses one request; the vendor would answer the next ones, but nobody should ask.
+      if (refuse) throw new Error('HTTP 403 firewall');
+      return 50_000;
+    };
+    const options: ScanOptions = { strategy: 'quantile', ...seedDefaults, partitions: fullRules, concurrency: 2, gridPoints: 10 };
+    await assert.rejects(scanDensity(failing, options), /HTTP 403/);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.ok(asked <= 1 + 2, `asked ${asked} times after the first failure`);
+  });
 });
 
 describe('scanDensity: seed strategy', () => {
