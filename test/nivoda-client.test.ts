@@ -130,6 +130,17 @@ describe('Nivoda client against the simulator', () => {
     assert.equal(nivoda.stats().retries, 2);
   });
 
+  it('does not hammer a web firewall: a 403 fails at once and says why', async () => {
+    fresh();
+    const nivoda = client();
+    await nivoda.count(WINDOW); // authenticated, so the next request is the count itself
+    sim.injectFaults({ kind: 'status', status: 403, body: '<html>Access denied</html>' });
+    const before = sim.stats().requests;
+    await assert.rejects(nivoda.count(WINDOW), /HTTP 403 Forbidden \(a web application firewall/);
+    assert.equal(sim.stats().requests - before, 1);
+    assert.equal(nivoda.stats().retries, 0);
+  });
+
   it('gives up on transient failures after maxAttempts', async () => {
     fresh();
     const nivoda = client({ maxAttempts: 3 });
