@@ -39,6 +39,9 @@ export class EmbeddedDatabaseBusyError extends PermanentError {
   }
 }
 
+/** How commands other than `run` name themselves as holders of the embedded database. */
+export const CLI_HOLDER = 'cli';
+
 export const holderName = (runId: string) => `${os.hostname()}:${process.pid}:${runId}`;
 
 export function openResources(config: BaseConfig, logger: Logger, options: { database: false }): Promise<Pick<Resources, 'watermarks' | 'close'>>;
@@ -54,7 +57,7 @@ export async function openResources(
   let embeddedLock: FileLockHandle | null = null;
   if (config.database.backend === 'pglite') {
     const lock = await acquireFileLock(embeddedLockFile(config.database.dir), {
-      holder: options.holder ?? holderName('cli'),
+      holder: options.holder ?? holderName(CLI_HOLDER),
       logger,
     });
     if (!lock.acquired) throw new EmbeddedDatabaseBusyError(lock.holder, lock.since, lock.pid, lock.hostname);

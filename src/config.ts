@@ -72,7 +72,13 @@ const envSchema = z.object({
   }).default('watermarks'),
   WATERMARK_BLOB: z.string().min(1).default('nivoda.json'),
 
-  DATABASE_URL: optionalString,
+  // Checked without echoing the value: a connection URL carries a password.
+  DATABASE_URL: z
+    .string()
+    .refine((url) => URL.canParse(url) && /^postgres(ql)?:$/.test(new URL(url).protocol), {
+      error: 'must be a postgres:// or postgresql:// URL (with any special characters in the password percent-encoded)',
+    })
+    .optional(),
   DATABASE_POOL_MAX: int(1, 100).default(5),
 
   AZURE_SERVICE_BUS_CONNECTION_STRING: optionalString,
@@ -269,12 +275,13 @@ export function isLoopback(url: string): boolean {
 }
 
 /**
- * In development only, a `.env` file in the working directory fills the variables that are
- * unset — or empty, since empty counts as unset everywhere else in this module.
+ * In development only (NODE_ENV unset or `development`), a `.env` file in the working
+ * directory fills the variables that are not set at all. A variable set to an empty value
+ * stays empty (unset, to the parser): that is how a command blanks a setting on purpose.
  */
 export function loadDotEnv(env: Env = process.env, file = '.env'): void {
-  if (env.NODE_ENV === 'production' || !existsSync(file)) return;
+  if ((env.NODE_ENV ?? 'development') !== 'development' || !existsSync(file)) return;
   for (const [name, value] of Object.entries(parseEnv(readFileSync(file, 'utf8')))) {
-    if (env[name] === undefined || env[name]!.trim() === '') env[name] = value;
+    if (env[name] === undefined) env[name] = value;
   }
 }

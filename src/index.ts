@@ -3,11 +3,12 @@
 // 0 success (also skipped and empty), 1 a failed run, 2 bad configuration or usage.
 import { Command, CommanderError, Option } from 'commander';
 import { randomUUID } from 'node:crypto';
-import { EmbeddedDatabaseBusyError, holderName, openResources, withRunLock, type Resources } from './app.js';
-import { loadBaseConfig, loadConfig, loadDotEnv } from './config.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { CLI_HOLDER, EmbeddedDatabaseBusyError, holderName, openResources, withRunLock, type Resources } from './app.js';
+import { loadBaseConfig, loadConfig, loadDotEnv, type Config } from './config.js';
 import { listRuns } from './db/runs.js';
 import { ConfigError, toError, WatermarkFormatError } from './errors.js';
-import { log, scrub } from './log.js';
+import { log, scrub, type Logger } from './log.js';
 import { createNivodaClient } from './nivoda/client.js';
 import { isLocalQueue } from './queue/queue.js';
 import { formatPlan, formatRuns } from './report.js';
@@ -28,32 +29,30 @@ function buildProgram(setExit: (code: number) => void): Command {
     .command('run', { isDefault: true })
     .description('the whole run: lock, watermark, scan, partition, record, publish')
     .option('--full', 'force a full run (empties raw_diamonds_nivoda)')
-    .option('--force', 'let a full run proceed while earlier runs are still being worked')
+    .option('--force', 'let a full run empty the raw table although earlier runs may still be worked or the scan looks suspiciously small')
     .action(async (options: { full?: boolean; force?: boolean }) => {
       const config = loadConfig();
       const runId = randomUUID();
-      // Every line of the run carries its runId, the client's and the queue's included.
+      // Every line of the run carries its runId, the client's, the queue's and the failure's included.
       const logger = log.child({ runId });
       const nivoda = createNivodaClient(config.nivoda, logger);
-      let resources: Resources;
       try {
-        resources = await openResources(config, logger, { holder: holderName(runId) });
+        const resources = await openForRun(config, logger, runId);
+        if (!resources) return;
+        try {
+          const outcome = await withRunLock(resources, logger, runId, (signal) =>
+            run({ ...resources, config, nivoda, logger: log }, { ...options, runId, signal }),
+          );
+          if (outcome === 'skipped') return;
+          logger.info(
+            { runType: outcome.plan.runType, partitions: outcome.plan.partitions.length, published: outcome.published, nivoda: nivoda.stats() },
+            outcome.plan.partitions.length === 0 ? 'run finished: the window holds no stones' : 'run finished',
+          );
+        } finally {
+          await resources.close();
+        }
       } catch (thrown) {
-        if (!(thrown instanceof EmbeddedDatabaseBusyError)) throw thrown;
-        logger.info({ holder: thrown.holder, since: thrown.since, pid: thrown.pid }, 'skipped: another scheduler holds the lock');
-        return;
-      }
-      try {
-        const outcome = await withRunLock(resources, logger, runId, (signal) =>
-          run({ ...resources, config, nivoda, logger: log }, { ...options, runId, signal }),
-        );
-        if (outcome === 'skipped') return;
-        logger.info(
-          { runType: outcome.plan.runType, partitions: outcome.plan.partitions.length, published: outcome.published, nivoda: nivoda.stats() },
-          outcome.plan.partitions.length === 0 ? 'run finished: the window holds no stones' : 'run finished',
-        );
-      } finally {
-        await resources.close();
+        throw new Reported(report(thrown, logger, { nivoda: nivoda.stats() }));
       }
     });
 
@@ -162,6 +161,27 @@ function buildProgram(setExit: (code: number) => void): Command {
   return program;
 }
 
+/**
+ * Opens the backends for a run, or returns null when another scheduler holds the embedded
+ * database (a normal skip). An operator's short command (status, queue peek) holding it is
+ * waited for, so it cannot make the nightly run skip.
+ */
+async function openForRun(config: Config, logger: Logger, runId: string): Promise<Resources | null> {
+  for (let waited = 0; ; waited += 2) {
+    try {
+      return await openResources(config, logger, { holder: holderName(runId) });
+    } catch (thrown) {
+      if (!(thrown instanceof EmbeddedDatabaseBusyError)) throw thrown;
+      if (thrown.holder.endsWith(`:${CLI_HOLDER}`) && waited < 60) {
+        await sleep(2000);
+        continue;
+      }
+      logger.info({ holder: thrown.holder, since: thrown.since, pid: thrown.pid }, 'skipped: another scheduler holds the lock');
+      return null;
+    }
+  }
+}
+
 /** What an operator typed: a bad or future date is a usage error (exit 2), caught before anything is read or written. */
 function watermarkFromCommandLine(lastUpdatedAt: string): Watermark {
   const now = new Date().toISOString();
@@ -191,6 +211,28 @@ function positiveInt(flag: string) {
   };
 }
 
+/** An error already logged (with its run's context); carries the exit code it maps to. */
+class Reported extends Error {
+  constructor(readonly exitCode: number) {
+    super('reported');
+  }
+}
+
+/** Logs a failure once and maps it to its exit code: 2 configuration or usage, 1 a failed run. */
+function report(thrown: unknown, logger: Logger, context: Record<string, unknown> = {}): number {
+  if (thrown instanceof Reported) return thrown.exitCode;
+  if (thrown instanceof CommanderError) {
+    return thrown.code === 'commander.helpDisplayed' || thrown.code === 'commander.version' || thrown.exitCode === 0 ? 0 : 2;
+  }
+  if (thrown instanceof ConfigError) {
+    logger.error({ problems: thrown.problems, ...context }, thrown.message);
+    return 2;
+  }
+  const error = toError(thrown);
+  logger.error({ err: error, ...context }, `failed: ${scrub(error.message)}`);
+  return 1;
+}
+
 /** Runs the command line and returns the exit code. */
 async function main(argv: string[] = process.argv): Promise<number> {
   let exitCode = 1;
@@ -199,16 +241,7 @@ async function main(argv: string[] = process.argv): Promise<number> {
     await buildProgram((code) => (exitCode = code)).parseAsync(argv);
     return exitCode;
   } catch (thrown) {
-    if (thrown instanceof CommanderError) {
-      return thrown.code === 'commander.helpDisplayed' || thrown.code === 'commander.version' || thrown.exitCode === 0 ? 0 : 2;
-    }
-    if (thrown instanceof ConfigError) {
-      log.error({ problems: thrown.problems }, thrown.message);
-      return 2;
-    }
-    const error = toError(thrown);
-    log.error({ err: error }, `failed: ${scrub(error.message)}`);
-    return 1;
+    return report(thrown, log);
   }
 }
 

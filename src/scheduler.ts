@@ -1,13 +1,23 @@
 // One run, in the order of CONTRACT §1: watermark → window → scan → partition → record →
 // publish. The single-instance lock is taken by the caller (app.ts) before any of this.
 import { randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config } from './config.js';
 import type { Database } from './db/database.js';
-import { abandonStaleRuns, lastPublishedFullRun, markFailed, markPublished, recordRun, unfinishedRuns } from './db/runs.js';
+import {
+  abandonStaleRuns,
+  lastPublishedFullRun,
+  markFailed,
+  markPartitionsPublished,
+  markPublished,
+  rawTableHasRows,
+  recordRun,
+  unfinishedRuns,
+} from './db/runs.js';
 import type { Partition, PriceField, RunType, UpdatedWindow, Watermark, WorkItemMessage } from './domain.js';
 import { PermanentError, toError } from './errors.js';
 import { scanDensity } from './heatmap.js';
-import { scrub, type Logger } from './log.js';
+import type { Logger } from './log.js';
 import type { NivodaClient } from './nivoda/client.js';
 import { diamondQuery, type QueryScope } from './nivoda/query.js';
 import { planPartitions, type PartitionRules } from './partitioner.js';
@@ -162,14 +172,15 @@ export async function run(deps: RunDeps, options: RunOptions = {}): Promise<RunO
 
   const resolved = await resolveWindow(deps, options);
   const full = resolved.runType === 'full';
+  // We hold the lock, so a run still 'scheduling' was left by a crashed scheduler. Marked
+  // before the guard below, which must see it if some of its work items went out.
+  const abandoned = await abandonStaleRuns(db);
+  if (abandoned > 0) logger.warn({ abandoned }, 'marked runs left unpublished by a crashed scheduler as abandoned');
   // Before the scan, so a refused run spends none of the vendor's quota.
   if (full && !options.force) await refuseWhileRunsAreWorked(db);
 
   const planned = await scanWindow({ ...deps, logger }, resolved);
   if (full && !options.force) await refuseSuspiciousFullScan(db, planned);
-
-  const abandoned = await abandonStaleRuns(db);
-  if (abandoned > 0) logger.warn({ abandoned }, 'marked runs left unpublished by a crashed scheduler as abandoned');
 
   assertStillLocked(options.signal);
   await recordRun(
@@ -194,18 +205,43 @@ export async function run(deps: RunDeps, options: RunOptions = {}): Promise<RunO
   let published = 0;
   try {
     assertStillLocked(options.signal);
-    published = (await queue.publish(workItems(runId, planned))).published;
+    const progress = {
+      // Bookkeeping only: a failure to note it must not fail a publish that succeeded.
+      onSent: (items: WorkItemMessage[]) =>
+        markPartitionsPublished(db, runId, items.map((item) => item.partitionId)).catch((err: unknown) =>
+          logger.warn({ err: toError(err) }, 'could not record which work items were published'),
+        ),
+    };
+    published = (await queue.publish(workItems(runId, planned), progress)).published;
   } catch (thrown) {
     const error = toError(thrown);
-    await markFailed(db, runId, scrub(error.message)).catch((markError: unknown) =>
+    await markFailed(db, runId, error.message).catch((markError: unknown) =>
       logger.error({ err: toError(markError) }, 'could not record the run as failed'),
     );
-    const emptied = full ? '; raw_diamonds_nivoda was already emptied, so run `run --full` again once the queue is back' : '';
+    const emptied = full ? '; raw_diamonds_nivoda was already emptied, so run `run --full --force` once the queue is back' : '';
     throw new Error(`publishing the work items of run ${runId} failed: ${error.message}${emptied}`, { cause: error });
   }
-  await markPublished(db, runId);
+  await markPublishedPatiently(db, runId, logger);
   logger.info({ published, queue: queue.kind }, 'run published');
   return { runId, plan: planned, published };
+}
+
+/**
+ * Every work item is out by now; a database hiccup here must not turn a delivered run into a
+ * failed one, so the status update is retried before the run gives up with a precise message.
+ */
+async function markPublishedPatiently(db: Database, runId: string, logger: Logger): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await markPublished(db, runId);
+    } catch (err) {
+      if (attempt >= 3) {
+        throw new Error(`every work item of run ${runId} was published, but recording it failed: ${toError(err).message}`, { cause: err });
+      }
+      logger.warn({ err: toError(err), attempt }, 'recording the run as published failed, retrying');
+      await sleep(1000 * attempt);
+    }
+  }
 }
 
 /** A full run empties the raw table: not while workers of an earlier run may still be writing to it. */
@@ -222,6 +258,8 @@ async function refuseWhileRunsAreWorked(db: Database): Promise<void> {
 const SUSPICIOUS_SHRINK = 0.5;
 
 async function refuseSuspiciousFullScan(db: Database, planned: Plan): Promise<void> {
+  // With nothing in the raw table there is nothing to lose: an empty inventory is a normal, empty run.
+  if (!(await rawTableHasRows(db))) return;
   if (planned.totalRecords === 0) {
     throw new PermanentError(
       'the full scan found no stones at all; refusing to empty raw_diamonds_nivoda (check NIVODA_QUERY and the account), or pass --force',

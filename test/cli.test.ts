@@ -64,20 +64,22 @@ describe('command line, end to end', () => {
   const sbKey = 'c2VydmljZWJ1cy1rZXktZm9yLXRlc3Rz';
 
   before(async () => {
-    [sim, azurite, peer, database] = await Promise.all([
-      startSimulator({ shape: 'realistic', seed: 7, size: 60_000 }),
-      startAzurite(),
-      startServiceBusPeer(),
-      createTestDatabase(),
+    // Settled one by one, so whatever did start is stopped in after() even if another failed.
+    const started = await Promise.allSettled([
+      startSimulator({ shape: 'realistic', seed: 7, size: 60_000 }).then((s) => (sim = s)),
+      startAzurite().then((a) => (azurite = a)),
+      startServiceBusPeer().then((p) => (peer = p)),
+      createTestDatabase().then((d) => (database = d)),
     ]);
+    const failure = started.find((r) => r.status === 'rejected');
+    if (failure) throw failure.reason;
     sql = new pg.Client({ connectionString: database.url });
     await sql.connect();
     tmp = await mkdtemp(path.join(os.tmpdir(), 'scheduler-cli-'));
   });
 
   after(async () => {
-    await sql?.end();
-    await Promise.all([sim?.close(), azurite?.stop(), peer?.close()]);
+    await Promise.allSettled([sql?.end(), sim?.close(), azurite?.stop(), peer?.close()]);
     await database?.drop();
     if (tmp) await rm(tmp, { recursive: true, force: true });
   });
@@ -95,6 +97,8 @@ describe('command line, end to end', () => {
     WATERMARK_CONTAINER: container,
     AZURE_SERVICE_BUS_CONNECTION_STRING: peer.connectionString(sbKey),
     SCHEDULER_DATA_DIR: path.join(tmp, 'unused'),
+    // A child killed by the test timeout must not keep later runs skipping for minutes.
+    SCHEDULER_LOCK_TTL_SECONDS: '20',
   });
   const allSecrets = () => [sim.password, sbKey, azurite.connectionString.match(/AccountKey=([^;]+)/)![1]!, ...sim.issuedTokens()];
   const runCount = async () => Number((await sql.query('SELECT count(*) AS n FROM run_metadata')).rows[0].n);
@@ -171,6 +175,9 @@ describe('command line, end to end', () => {
     const refused = await runCli(['run', '--full'], azureEnv());
     assert.equal(refused.code, 1);
     assert.match(refused.stderr, /--force/);
+    const failure = refused.logs.find((l) => l.level === 'error');
+    assert.equal(typeof failure?.runId, 'string', 'the failure line carries the runId');
+    assert.ok(failure?.nivoda, 'and the Nivoda counters');
     assert.equal(sim.stats().countQueries, queries);
     assert.equal(peer.received.length, before);
     assert.equal(await runCount(), 1);
@@ -179,15 +186,58 @@ describe('command line, end to end', () => {
     assert.equal(await runCount(), 2);
   });
 
+  it('a run left in scheduling by a crash, with work items out, keeps a full run from emptying the raw table', async () => {
+    await sql.query('UPDATE run_metadata SET completed_at = now() WHERE completed_at IS NULL'); // the consolidator's part
+    const crashed = '00000000-0000-4000-8000-000000000001';
+    await sql.query(
+      `INSERT INTO run_metadata (run_id, run_type, status, expected_workers, updated_to, price_field, started_at)
+       VALUES ($1, 'full', 'scheduling', 2, now(), 'dollar_value', now())`,
+      [crashed],
+    );
+    await sql.query(
+      `INSERT INTO run_partitions (run_id, partition_id, price_min, price_max, expected_records, published_at)
+       VALUES ($1, 'partition-1', 0, 500, 10, now()), ($1, 'partition-2', 500, 2147483647, 10, NULL)`,
+      [crashed],
+    );
+    await sql.query(`INSERT INTO raw_diamonds_nivoda (supplier_stone_id, offer_id, payload, run_id) VALUES ('s-3', 'o-3', '{}', $1)`, [crashed]);
+    const result = await runCli(['run', '--full'], azureEnv());
+    assert.equal(result.code, 1);
+    assert.match(result.stderr, new RegExp(`${crashed} abandoned`));
+    assert.equal((await sql.query('SELECT status FROM run_metadata WHERE run_id = $1', [crashed])).rows[0].status, 'abandoned');
+    assert.equal((await sql.query('SELECT count(*) AS n FROM raw_diamonds_nivoda')).rows[0].n, '1');
+    await sql.query('UPDATE run_metadata SET completed_at = now() WHERE run_id = $1', [crashed]);
+  });
+
+  it('an empty inventory with nothing to lose is a normal, empty run: exit 0, nothing published', async () => {
+    const empty = await startSimulator({ shape: 'empty' });
+    const fresh = await createTestDatabase();
+    try {
+      const before = peer.received.length;
+      const result = await runCli(['run'], { ...azureEnv('empty-inventory'), NIVODA_ENDPOINT: empty.url, DATABASE_URL: fresh.url });
+      assert.equal(result.code, 0, result.stderr);
+      assert.ok(result.logs.some((l) => l.msg === 'run finished: the window holds no stones'));
+      assert.equal(peer.received.length, before);
+      const status = JSON.parse((await runCli(['status', '--json'], { DATABASE_URL: fresh.url })).stdout) as Array<{ status: string; completedAt: string | null }>;
+      assert.equal(status[0]?.status, 'published');
+      assert.ok(status[0]?.completedAt, 'a run without work items is complete at once');
+    } finally {
+      await empty.close();
+      await fresh.drop();
+    }
+  });
+
   it('a full scan that finds no stones does not empty the raw table', async () => {
     await sql.query('UPDATE run_metadata SET completed_at = now() WHERE completed_at IS NULL'); // the consolidator's part
     await sql.query(`INSERT INTO raw_diamonds_nivoda (supplier_stone_id, offer_id, payload, run_id) VALUES ('s-2', 'o-2', '{}', gen_random_uuid())`);
     const runs = await runCount();
+    const rawRows = async () => Number((await sql.query('SELECT count(*) AS n FROM raw_diamonds_nivoda')).rows[0].n);
+    const raw = await rawRows();
+    assert.ok(raw > 0);
     const result = await runCli(['run', '--full'], { ...azureEnv(), NIVODA_QUERY: '{"sizes": {"from": 1000}}' });
     assert.equal(result.code, 1);
     assert.match(result.stderr, /found no stones/);
     assert.equal(await runCount(), runs);
-    assert.equal((await sql.query('SELECT count(*) AS n FROM raw_diamonds_nivoda')).rows[0].n, '1');
+    assert.equal(await rawRows(), raw);
   });
 
   it('watermark set refuses a bad or future date as a usage error', async () => {

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { loadBaseConfig, loadConfig, loadDotEnv } from '../src/config.js';
@@ -103,14 +103,29 @@ describe('config', () => {
     assert.throws(() => loadBaseConfig({ NIVODA_ENDPOINT: 'not a url' }), /NIVODA_ENDPOINT must be an http\(s\) URL/);
   });
 
-  it('fills unset and empty variables from .env in development, never in production', () => {
-    const file = path.join(mkdtempSync(path.join(os.tmpdir(), 'dotenv-')), '.env');
-    writeFileSync(file, 'NIVODA_PASSWORD=from-file\nNIVODA_USERNAME=file-user\nLOG_LEVEL=debug\n');
-    const env: Record<string, string | undefined> = { NIVODA_PASSWORD: '', NIVODA_USERNAME: 'shell-user' };
-    loadDotEnv(env, file);
-    assert.deepEqual(env, { NIVODA_PASSWORD: 'from-file', NIVODA_USERNAME: 'shell-user', LOG_LEVEL: 'debug' });
-    const production: Record<string, string | undefined> = { NODE_ENV: 'production' };
-    loadDotEnv(production, file);
-    assert.deepEqual(production, { NODE_ENV: 'production' });
+  it('fills only unset variables from .env, in development only', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'dotenv-'));
+    try {
+      const file = path.join(dir, '.env');
+      writeFileSync(file, 'NIVODA_PASSWORD=from-file\nNIVODA_USERNAME=file-user\nLOG_LEVEL=debug\nDATABASE_URL=postgres://dev@db/dev\n');
+      const env: Record<string, string | undefined> = { NIVODA_USERNAME: 'shell-user', DATABASE_URL: '' };
+      loadDotEnv(env, file);
+      assert.deepEqual(env, { NIVODA_PASSWORD: 'from-file', NIVODA_USERNAME: 'shell-user', LOG_LEVEL: 'debug', DATABASE_URL: '' });
+      for (const NODE_ENV of ['production', 'test']) {
+        const other: Record<string, string | undefined> = { NODE_ENV };
+        loadDotEnv(other, file);
+        assert.deepEqual(other, { NODE_ENV });
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('names an unusable DATABASE_URL without echoing it', () => {
+    const problems = problemsOf({ ...valid, DATABASE_URL: 'postgres://user:s3cr3t/pw@127.0.0.1:1/db' });
+    assert.equal(problems.length, 1);
+    assert.match(problems[0]!, /^DATABASE_URL must be a postgres:\/\//);
+    assert.doesNotMatch(problems[0]!, /s3cr3t/);
+    assert.match(problemsOf({ ...valid, DATABASE_URL: 'mysql://db/x' })[0]!, /DATABASE_URL must be a postgres/);
   });
 });

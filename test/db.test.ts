@@ -16,7 +16,8 @@ import {
   listPartitions,
   listRuns,
   markFailed,
-  markPartitionPublished,
+  markPartitionsPublished,
+  rawTableHasRows,
   markPublished,
   recordRun,
   lastPublishedFullRun,
@@ -26,12 +27,17 @@ import {
 import type { Partition } from '../src/domain.js';
 import { acquireLock } from '../src/lock.js';
 import { createLogger } from '../src/log.js';
+import pg from 'pg';
 import { createTestDatabase, type TestDatabase } from './helpers/postgres.js';
 
 const cleanups: (() => Promise<void>)[] = [];
 after(async () => {
   // Reverse order: pools close before their databases are dropped.
-  for (const cleanup of cleanups.reverse()) await cleanup();
+  // Each on its own, so one failing cleanup does not leave the databases after it behind.
+  const results = [];
+  for (const cleanup of cleanups.reverse()) results.push(await cleanup().then(() => null, (err: unknown) => err));
+  const failures = results.filter((r) => r !== null);
+  if (failures.length > 0) throw new AggregateError(failures, 'cleanup failed');
 });
 
 async function freshPostgres(poolMax = 4): Promise<{ test: TestDatabase; db: Database }> {
@@ -199,8 +205,9 @@ describe('migration files', () => {
 
 describe('run records on the real PostgreSQL server', () => {
   let db: Database;
+  let testDb: TestDatabase;
   before(async () => {
-    ({ db } = await freshPostgres());
+    ({ db, test: testDb } = await freshPostgres());
     await migrate(db);
   });
 
@@ -245,7 +252,7 @@ describe('run records on the real PostgreSQL server', () => {
     for (const run of [a, b, c]) await recordRun(db, run, TWO_PARTITIONS, { emptyRawTable: false });
     await recordRun(db, d, [], { emptyRawTable: false });
 
-    await markPartitionPublished(db, a.runId, 'partition-1');
+    await markPartitionsPublished(db, a.runId, ['partition-1']);
     const partial = await listPartitions(db, a.runId);
     assert.ok(partial[0]!.publishedAt !== null && partial[1]!.publishedAt === null);
 
@@ -279,6 +286,26 @@ describe('run records on the real PostgreSQL server', () => {
     assert.deepEqual(listed.map((r) => r.status), ['abandoned', 'abandoned', 'failed']);
   });
 
+  test('a full run whose TRUNCATE cannot get its lock fails whole: no run row, the raw table untouched', async () => {
+    await db.exec('DELETE FROM run_metadata');
+    await db.exec('TRUNCATE raw_diamonds_nivoda');
+    await db.query(`INSERT INTO raw_diamonds_nivoda (supplier_stone_id, offer_id, payload, run_id) VALUES ('held', 'o', '{}', gen_random_uuid())`);
+    assert.equal(await rawTableHasRows(db), true);
+    const worker = new pg.Client({ connectionString: testDb.url });
+    await worker.connect();
+    try {
+      await worker.query('BEGIN');
+      await worker.query('LOCK TABLE raw_diamonds_nivoda IN ACCESS SHARE MODE'); // a worker reading it
+      const full = newRun({ runType: 'full', updatedFrom: null, watermarkBefore: null });
+      await assert.rejects(recordRun(db, full, TWO_PARTITIONS, { emptyRawTable: true, lockTimeoutMs: 200 }), /lock timeout/);
+      assert.equal(await getRun(db, full.runId), undefined);
+    } finally {
+      await worker.query('ROLLBACK');
+      await worker.end();
+    }
+    assert.equal(await rawTableHasRows(db), true);
+  });
+
   test('the full-run guard: recent failed or abandoned runs count, runs without work items never do', async () => {
     await db.exec('DELETE FROM run_metadata');
     const now = new Date().toISOString();
@@ -289,8 +316,10 @@ describe('run records on the real PostgreSQL server', () => {
 
     const recentFailure = newRun({ startedAt: now });
     const oldFailure = newRun({ startedAt: '2024-01-01T00:00:00.000Z' });
-    for (const run of [recentFailure, oldFailure]) {
+    const nothingSent = newRun({ startedAt: now });
+    for (const run of [recentFailure, oldFailure, nothingSent]) {
       await recordRun(db, run, TWO_PARTITIONS, { emptyRawTable: false });
+      if (run !== nothingSent) await markPartitionsPublished(db, run.runId, ['partition-1']);
       await markFailed(db, run.runId, 'queue down after the first batch');
     }
     assert.deepEqual((await unfinishedRuns(db)).map((r) => r.runId), [recentFailure.runId]);

@@ -227,8 +227,13 @@ describe('Service Bus queue (real SDK against the AMQP peer)', () => {
       try {
         peer.rejectNext(1, 'com.microsoft:server-busy', { skip: 1 });
         const items = workItems(5000);
-        assert.deepEqual(await queue.publish(items), { published: 5000 });
+        const reported: string[][] = [];
+        const progress = { onSent: async (sent: WorkItemMessage[]) => void reported.push(sent.map((i) => i.partitionId)) };
+        assert.deepEqual(await queue.publish(items, progress), { published: 5000 });
         const [firstBatch, failed] = peer.deliveries;
+        // Progress names exactly what each accepted batch held, the first attempt's included.
+        assert.deepEqual(reported.map((batch) => batch.length), peer.deliveries.filter((d) => d.outcome === 'accepted').map((d) => d.messages));
+        assert.deepEqual(reported[0], items.slice(0, firstBatch!.messages).map((i) => i.partitionId));
         assert.equal(firstBatch?.outcome, 'accepted');
         assert.equal(failed?.outcome, 'rejected');
         // Attempt 1 delivered its first batch; attempt 2 delivered everything once more. Service Bus

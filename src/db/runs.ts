@@ -56,18 +56,17 @@ const RUN_COLUMNS = `run_id, run_type, status, expected_workers, watermark_befor
  * either all of it happens or none. TRUNCATE rather than DELETE: the table can hold millions
  * of rows, and TRUNCATE is transactional in PostgreSQL (rolled back with the rest).
  */
-const RECORD_LOCK_TIMEOUT = '60s';
-
 export async function recordRun(
   db: Database,
   run: NewRun,
   partitions: Partition[],
-  options: { emptyRawTable: boolean },
+  options: { emptyRawTable: boolean; lockTimeoutMs?: number },
 ): Promise<void> {
+  const lockTimeoutMs = Math.max(1, Math.floor(options.lockTimeoutMs ?? 60_000));
   await db.transaction(async (tx) => {
     // TRUNCATE waits for an ACCESS EXCLUSIVE lock: if workers hold the table, fail the run
     // with a clear error instead of hanging while the lease keeps other schedulers out.
-    await tx.exec(`SET LOCAL lock_timeout = '${RECORD_LOCK_TIMEOUT}'`);
+    await tx.exec(`SET LOCAL lock_timeout = ${lockTimeoutMs}`);
     await tx.query(
       `INSERT INTO run_metadata (run_id, run_type, status, expected_workers, watermark_before, updated_from,
          updated_to, price_field, total_records, count_queries, scan_duration_ms, started_at)
@@ -122,11 +121,12 @@ export async function markPublished(db: Database, runId: string): Promise<void> 
   });
 }
 
-/** Records that one work item reached the queue, so a failed run shows how far publishing got. */
-export async function markPartitionPublished(db: Database, runId: string, partitionId: string): Promise<void> {
+/** Records which work items the queue accepted, so the guard knows a failed run's items are out. */
+export async function markPartitionsPublished(db: Queryable, runId: string, partitionIds: readonly string[]): Promise<void> {
+  if (partitionIds.length === 0) return;
   await db.query(
-    'UPDATE run_partitions SET published_at = now() WHERE run_id = $1 AND partition_id = $2 AND published_at IS NULL',
-    [runId, partitionId],
+    'UPDATE run_partitions SET published_at = now() WHERE run_id = $1 AND partition_id = ANY($2::text[]) AND published_at IS NULL',
+    [runId, [...partitionIds]],
   );
 }
 
@@ -174,15 +174,17 @@ export async function listPartitions(db: Queryable, runId: string): Promise<Part
 /**
  * Runs whose workers may still be writing to the raw table, so a full run must not empty it
  * (unless forced): published and not completed by the consolidator; and failed or abandoned
- * runs of the last RECENTLY_PUBLISHED_HOURS, since some of their work items may have reached
- * the queue before the failure. Runs without work items never count. Oldest first.
+ * runs of the last RECENTLY_PUBLISHED_HOURS of which some work item reached the queue before
+ * the failure. Runs without work items never count. Oldest first.
  */
 export async function unfinishedRuns(db: Queryable): Promise<RunRecord[]> {
   const rows = await db.query(
     `SELECT ${RUN_COLUMNS} FROM run_metadata
      WHERE completed_at IS NULL AND expected_workers > 0
        AND (status = 'published'
-            OR (status IN ('failed', 'abandoned') AND started_at > now() - make_interval(hours => $1)))
+            OR (status IN ('failed', 'abandoned') AND started_at > now() - make_interval(hours => $1)
+                AND EXISTS (SELECT 1 FROM run_partitions p
+                            WHERE p.run_id = run_metadata.run_id AND p.published_at IS NOT NULL)))
      ORDER BY started_at, run_id`,
     [RECENTLY_PUBLISHED_HOURS],
   );
@@ -191,6 +193,12 @@ export async function unfinishedRuns(db: Queryable): Promise<RunRecord[]> {
 
 /** How long the work items of a failed or abandoned run are assumed to be in workers' hands. */
 export const RECENTLY_PUBLISHED_HOURS = 12;
+
+/** Whether the raw table holds anything a full run would throw away. */
+export async function rawTableHasRows(db: Queryable): Promise<boolean> {
+  const rows = await db.query<{ present: boolean }>('SELECT EXISTS (SELECT 1 FROM raw_diamonds_nivoda) AS present');
+  return rows[0]?.present === true;
+}
 
 /** The last full run that published its work items: the yardstick for a suspiciously small full scan. */
 export async function lastPublishedFullRun(db: Queryable): Promise<RunRecord | undefined> {

@@ -3,7 +3,7 @@
 import type { Database } from '../db/database.js';
 import type { WorkItemMessage } from '../domain.js';
 import type { Logger } from '../log.js';
-import { toEnvelope, type LocalWorkItemQueue, type PeekedWorkItem } from './queue.js';
+import { toEnvelope, type LocalWorkItemQueue, type PeekedWorkItem, type PublishProgress } from './queue.js';
 
 /** Rows per INSERT: keeps each statement's JSON parameter modest for thousands of items. */
 const CHUNK = 500;
@@ -27,7 +27,7 @@ export class LocalQueue implements LocalWorkItemQueue {
     this.logger = logger.child({ queue: 'local_work_items', backend: 'local' });
   }
 
-  async publish(items: WorkItemMessage[]): Promise<{ published: number }> {
+  async publish(items: WorkItemMessage[], progress?: PublishProgress): Promise<{ published: number }> {
     if (items.length === 0) return { published: 0 };
     const rows = items.map((item) => {
       const envelope = toEnvelope(item);
@@ -62,6 +62,7 @@ export class LocalQueue implements LocalWorkItemQueue {
       { published: items.length, inserted, duplicates: items.length - inserted },
       'work items queued locally',
     );
+    await progress?.onSent(items);
     return { published: items.length };
   }
 

@@ -11,9 +11,17 @@ import { ServiceBusQueue, type ServiceBusSdkRetryOptions } from './servicebus.js
 
 export interface WorkItemQueue {
   readonly kind: 'servicebus' | 'local';
-  /** Publishes every item, or throws; a re-publish of the same run/partition is dropped as a duplicate by messageId. */
-  publish(items: WorkItemMessage[]): Promise<{ published: number }>;
+  /**
+   * Publishes every item, or throws; a re-publish of the same run/partition is dropped as a
+   * duplicate by messageId. `onSent` hears of every group of items the broker has accepted, so a
+   * failed publish still tells which work items are out.
+   */
+  publish(items: WorkItemMessage[], progress?: PublishProgress): Promise<{ published: number }>;
   close(): Promise<void>;
+}
+
+export interface PublishProgress {
+  onSent(items: WorkItemMessage[]): Promise<void>;
 }
 
 export interface PeekedWorkItem {

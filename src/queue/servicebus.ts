@@ -14,7 +14,7 @@ import {
 import type { WorkItemMessage } from '../domain.js';
 import { PermanentError, TransientError, toError } from '../errors.js';
 import { registerSecret, scrub, type Logger } from '../log.js';
-import { toEnvelope, type RetryPolicy, type WorkItemQueue } from './queue.js';
+import { toEnvelope, type PublishProgress, type RetryPolicy, type WorkItemQueue } from './queue.js';
 
 export interface ServiceBusSdkRetryOptions {
   maxRetries?: number;
@@ -68,7 +68,7 @@ export class ServiceBusQueue implements WorkItemQueue {
     }
   }
 
-  async publish(items: WorkItemMessage[]): Promise<{ published: number }> {
+  async publish(items: WorkItemMessage[], progress?: PublishProgress): Promise<{ published: number }> {
     if (items.length === 0) return { published: 0 };
     const attempts = this.retries + 1;
     for (let attempt = 1; ; attempt++) {
@@ -76,7 +76,7 @@ export class ServiceBusQueue implements WorkItemQueue {
         // A retry re-sends every item, including batches that already went through before the
         // failure. That is safe: each messageId is `<runId>:<partitionId>`, so the queue's
         // duplicate detection drops the copies.
-        const batches = await this.sendAll(items);
+        const batches = await this.sendAll(items, progress);
         this.logger.info({ published: items.length, batches, attempt }, 'work items published');
         return { published: items.length };
       } catch (thrown) {
@@ -106,32 +106,29 @@ export class ServiceBusQueue implements WorkItemQueue {
   }
 
   /** Sends every item in as few batches as fit; returns how many batches were sent. */
-  private async sendAll(items: WorkItemMessage[]): Promise<number> {
+  private async sendAll(items: WorkItemMessage[], progress: PublishProgress | undefined): Promise<number> {
     this.sender ??= this.client.createSender(this.queueName);
     const sender = this.sender;
     let batch: ServiceBusMessageBatch = await sender.createMessageBatch();
+    let inBatch: WorkItemMessage[] = [];
     let sent = 0;
+    const send = async () => {
+      await sender.sendMessages(batch);
+      sent++;
+      await progress?.onSent(inBatch);
+    };
     for (const item of items) {
       const message = toServiceBusMessage(item);
-      if (batch.tryAddMessage(message)) continue;
-      if (batch.count === 0) {
-        throw new PermanentError(
-          `work item ${item.partitionId} of run ${item.runId} does not fit in a Service Bus message (limit ${batch.maxSizeInBytes} bytes)`,
-        );
-      }
-      await sender.sendMessages(batch);
-      sent++;
-      batch = await sender.createMessageBatch();
       if (!batch.tryAddMessage(message)) {
-        throw new PermanentError(
-          `work item ${item.partitionId} of run ${item.runId} does not fit in a Service Bus message (limit ${batch.maxSizeInBytes} bytes)`,
-        );
+        if (batch.count === 0) throw tooLarge(item, batch);
+        await send();
+        batch = await sender.createMessageBatch();
+        inBatch = [];
+        if (!batch.tryAddMessage(message)) throw tooLarge(item, batch);
       }
+      inBatch.push(item);
     }
-    if (batch.count > 0) {
-      await sender.sendMessages(batch);
-      sent++;
-    }
+    if (batch.count > 0) await send();
     return sent;
   }
 
@@ -146,6 +143,12 @@ export class ServiceBusQueue implements WorkItemQueue {
     await this.resetSender();
     await this.client.close();
   }
+}
+
+function tooLarge(item: WorkItemMessage, batch: ServiceBusMessageBatch): PermanentError {
+  return new PermanentError(
+    `work item ${item.partitionId} of run ${item.runId} does not fit in a Service Bus message (limit ${batch.maxSizeInBytes} bytes)`,
+  );
 }
 
 function toServiceBusMessage(item: WorkItemMessage): ServiceBusMessage {
