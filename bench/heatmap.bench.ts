@@ -79,7 +79,7 @@ function measure(run: string, strategy: string, planned: Plan, sim: Simulator, r
 }
 
 /** The naive baseline: one total, then equal-width ranges up to the ceiling, each assumed to hold total / N. */
-async function equalWidthPlan(config: Config, sim: Simulator, full: boolean): Promise<{ planned: Plan; requests: number; seconds: number }> {
+async function equalWidthPlan(config: Config, full: boolean): Promise<{ planned: Plan; requests: number; seconds: number }> {
   const logger = createLogger({ level: 'silent' });
   const client = createNivodaClient(config.nivoda, logger);
   const watermarks = openWatermarkStore(config.watermark);
@@ -141,7 +141,7 @@ async function main(): Promise<void> {
         rows.push(measure(run, strategy, planned, sim, stats.requests, stats.throttled, seconds));
       }
       const config = loadConfig(env);
-      const naive = await equalWidthPlan(config, sim, run === 'full');
+      const naive = await equalWidthPlan(config, run === 'full');
       rows.push(measure(run, 'equal-width', naive.planned, sim, naive.requests, 0, naive.seconds));
     }
   } finally {

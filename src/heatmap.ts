@@ -219,7 +219,7 @@ async function quantileScan(probe: Prober, total: number, options: ScanOptions):
       const previous = lastWidth.get(k);
       // Interpolation converging from one side shrinks its bracket slowly: bisect (in log price) then.
       const stalled = previous !== undefined && width > 0.5 * previous;
-      const guess = stalled ? NaN : curve.priceAt(targets[k]!, lo, hi);
+      const guess = stalled ? NaN : curve.priceAt(targets[k]!, lo);
       const price = Number.isFinite(guess) ? guess : midpoint(lo.price, hi.price);
       proposals.push({ k, price: clamp(Math.round(price), lo.price + 1, hi.price - 1), error: Math.abs(error) });
     });
@@ -393,8 +393,8 @@ class MonotoneCurve {
     });
   }
 
-  /** The price where the curve reaches `below`, between the adjacent known points lo and hi. */
-  priceAt(below: number, lo: CumulativePoint, hi: CumulativePoint): number {
+  /** The price where the curve reaches `below`, between the known point lo and the next one. */
+  priceAt(below: number, lo: CumulativePoint): number {
     const i = this.xs.indexOf(logPrice(lo.price));
     if (i < 0 || i + 1 >= this.xs.length) return NaN;
     const target = this.y(below);

@@ -8,7 +8,6 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
-import { PassThrough } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -16,7 +15,7 @@ import type { Database } from '../src/db/database.js';
 import { migrate } from '../src/db/migrate.js';
 import { openDatabase } from '../src/db/open.js';
 import { acquireFileLock, acquireLock, embeddedLockFile, type LockResult } from '../src/lock.js';
-import { createLogger } from '../src/log.js';
+import { captureLogs } from './helpers/logs.js';
 import { createTestDatabase, type TestDatabase } from './helpers/postgres.js';
 
 const HELPER = fileURLToPath(new URL('./helpers/lock-holder.ts', import.meta.url));
@@ -29,15 +28,6 @@ after(async () => {
   for (const cleanup of cleanups.reverse()) await cleanup();
 });
 
-/** Captures log lines so a test can assert what the lock reported. */
-function capturingLogger() {
-  const stream = new PassThrough();
-  const lines: Record<string, unknown>[] = [];
-  stream.on('data', (chunk: Buffer) => {
-    for (const line of chunk.toString('utf8').split('\n')) if (line.trim()) lines.push(JSON.parse(line) as Record<string, unknown>);
-  });
-  return { logger: createLogger({ level: 'debug', destination: stream, pretty: false }), lines };
-}
 
 interface Holder {
   child: ChildProcessWithoutNullStreams;
@@ -114,7 +104,7 @@ describe('lease lock on the real PostgreSQL server', () => {
     holder.child.kill('SIGKILL');
     await holder.exited;
 
-    const { logger, lines } = capturingLogger();
+    const { logger, records } = captureLogs();
     const killedAt = Date.now();
     const early = await acquireLock(db, { holder: 'host-r:555:run-r', ttlSeconds: 30, logger });
     assert.equal(early.acquired, false, 'right after the crash the lease still runs');
@@ -128,20 +118,22 @@ describe('lease lock on the real PostgreSQL server', () => {
       recovered = await acquireLock(db, { holder: 'host-r:555:run-r', ttlSeconds: 30, logger });
     }
     assert.ok(
-      lines.some((l) => l.previousHolder === 'host-k:444:run-k' && /expired scheduler lock/.test(String(l.msg))),
+      records().some((l) => l.previousHolder === 'host-k:444:run-k' && /expired scheduler lock/.test(String(l.msg))),
       'the take-over is logged with the crashed holder',
     );
     await recovered.release();
   });
 
   test('a running holder renews its lease beyond the TTL; a lost lease aborts its signal', async () => {
-    const { logger } = capturingLogger();
-    const held = await acquireLock(db, { holder: 'renewer', ttlSeconds: 1, logger });
+    const { logger } = captureLogs();
+    // A 3 s lease renewed every second: a loaded 2-core machine may stall for a while without losing it.
+    const held = await acquireLock(db, { holder: 'renewer', ttlSeconds: 3, logger });
     assert.ok(held.acquired);
     if (!held.acquired) return;
-    await sleep(2500);
-    const other = await acquireLock(db, { holder: 'other', ttlSeconds: 1, logger });
-    assert.equal(other.acquired, false, 'renewal kept the lease alive past 2.5 TTLs');
+    await sleep(7000);
+    const other = await acquireLock(db, { holder: 'other', ttlSeconds: 3, logger });
+    if (other.acquired) await other.release(); // keep a failure here from cascading into the next test
+    assert.equal(other.acquired, false, 'renewal kept the lease alive past 2 TTLs');
     assert.equal(held.signal.aborted, false);
 
     // Someone removes the row (an operator, or a take-over after a long pause): the holder must learn of it.
@@ -153,7 +145,7 @@ describe('lease lock on the real PostgreSQL server', () => {
   });
 
   test('simultaneous acquirers on separate pools: exactly one wins', async () => {
-    const { logger } = capturingLogger();
+    const { logger } = captureLogs();
     const pools = await Promise.all(
       Array.from({ length: 5 }, () => openDatabase({ backend: 'postgres', url: target.url, poolMax: 1 })),
     );
@@ -205,10 +197,10 @@ describe('embedded-mode lock file', () => {
     await victim.exited;
     assert.equal(existsSync(file), true, 'SIGKILL leaves the file behind');
 
-    const { logger, lines } = capturingLogger();
+    const { logger, records } = captureLogs();
     const recovered = await acquireFileLock(file, { holder: 'recoverer', logger });
     assert.equal(recovered.acquired, true);
-    assert.ok(lines.some((l) => l.previousHolder === 'host-k:9:run-k'));
+    assert.ok(records().some((l) => l.previousHolder === 'host-k:9:run-k'));
     assert.equal(JSON.parse(await readFile(file, 'utf8')).holder, 'recoverer');
     if (recovered.acquired) await recovered.release();
     assert.equal(existsSync(file), false);

@@ -1,23 +1,13 @@
 import assert from 'node:assert/strict';
-import { Writable } from 'node:stream';
 import { describe, it } from 'node:test';
-import { createLogger, registerSecret, scrub } from '../src/log.js';
+import { registerSecret, scrub } from '../src/log.js';
+import { captureLogs } from './helpers/logs.js';
 
-function capture(): { stream: Writable; lines: () => string[] } {
-  const chunks: string[] = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _enc, done) {
-      chunks.push(chunk.toString());
-      done();
-    },
-  });
-  return { stream, lines: () => chunks.join('').split('\n').filter(Boolean) };
-}
 
 describe('log', () => {
   it('writes one JSON object per line with the child bindings', () => {
-    const out = capture();
-    const logger = createLogger({ destination: out.stream, pretty: false });
+    const out = captureLogs();
+    const { logger } = out;
     logger.child({ runId: 'r-1' }).info({ partitions: 3 }, 'planned');
     const [line] = out.lines();
     const parsed = JSON.parse(line!) as Record<string, unknown>;
@@ -27,8 +17,8 @@ describe('log', () => {
   });
 
   it('redacts secret-named fields, secrets inside messages, URLs and error texts', () => {
-    const out = capture();
-    const logger = createLogger({ destination: out.stream, pretty: false });
+    const out = captureLogs();
+    const { logger } = out;
     registerSecret('s3cr3t-pa55word');
     logger.info({ password: 'plain-field-secret', nested: { connectionString: 'Endpoint=sb://x/;SharedAccessKey=abcDEF123=' } }, 'fields');
     logger.info('connecting to postgres://scheduler:pgPassw0rd@db.internal:5432/app');

@@ -13,7 +13,8 @@ import {
 import type { DiamondQuery } from '../src/nivoda/query.js';
 import { countMatching } from '../src/simulator/inventory.js';
 import { startSimulator, type Simulator } from '../src/simulator/server.js';
-import { capturingLogger, clientConfig } from './helpers/simulator.js';
+import { captureLogs } from './helpers/logs.js';
+import { clientConfig } from './helpers/simulator.js';
 import type { Config } from '../src/config.js';
 
 const NOW = new Date('2026-02-12T19:00:00.000Z');
@@ -23,7 +24,8 @@ const FAST: NivodaClientTuning = { baseDelayMs: 10, maxDelayMs: 50 };
 describe('Nivoda client against the simulator', () => {
   let sim: Simulator;
   const otherSims: Simulator[] = [];
-  const { logger, lines } = capturingLogger();
+  const logs = captureLogs({ scrubbed: false });
+  const { logger } = logs;
   const client = (overrides: Partial<Config['nivoda']> = {}, tuning: NivodaClientTuning = FAST) =>
     createNivodaClient(clientConfig(sim, overrides), logger, tuning);
 
@@ -339,9 +341,9 @@ describe('Nivoda client against the simulator', () => {
   it('never wrote a password or a token into a log line', () => {
     const secrets = [sim.password, 'wrong-password-xyz-123', ...sim.issuedTokens()];
     assert.ok(sim.issuedTokens().length >= 10, 'the tests above issued tokens');
-    assert.ok(lines.some((l) => l.includes('retrying Nivoda request')), 'retries were logged');
-    assert.ok(lines.some((l) => l.includes('authenticated with Nivoda')), 'authentications were logged');
-    for (const line of lines) {
+    assert.ok(logs.lines().some((l) => l.includes('retrying Nivoda request')), 'retries were logged');
+    assert.ok(logs.lines().some((l) => l.includes('authenticated with Nivoda')), 'authentications were logged');
+    for (const line of logs.lines()) {
       for (const secret of secrets) assert.ok(!line.includes(secret), `a secret leaked into: ${line}`);
     }
   });

@@ -4,7 +4,6 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import type { Config } from '../src/config.js';
 import type { Database } from '../src/db/database.js';
@@ -12,7 +11,7 @@ import { migrate } from '../src/db/migrate.js';
 import { openPglite } from '../src/db/pglite.js';
 import type { WorkItemMessage } from '../src/domain.js';
 import { PermanentError, TransientError } from '../src/errors.js';
-import { createLogger, type Logger } from '../src/log.js';
+import type { Logger } from '../src/log.js';
 import { isLocalQueue, openQueue, toEnvelope, type QueueDeps } from '../src/queue/queue.js';
 import {
   BATCH_MESSAGE_FORMAT,
@@ -20,6 +19,7 @@ import {
   startServiceBusPeer,
   type ServiceBusPeer,
 } from './helpers/servicebus-peer.js';
+import { captureLogs } from './helpers/logs.js';
 
 const RUN_ID = '4f1c2a9e-8b7d-4c3e-9a1f-0d2e3b4c5a6f';
 
@@ -39,26 +39,6 @@ function workItems(count: number, runId = RUN_ID): WorkItemMessage[] {
   }));
 }
 
-/** A logger whose JSON lines the test can read back. */
-function capturingLogger(): { logger: Logger; lines: () => Array<Record<string, unknown>> } {
-  const chunks: string[] = [];
-  const destination = new Writable({
-    write(chunk: Buffer, _encoding, callback) {
-      chunks.push(chunk.toString('utf8'));
-      callback();
-    },
-  });
-  const logger = createLogger({ level: 'debug', destination, pretty: false });
-  return {
-    logger,
-    lines: () =>
-      chunks
-        .join('')
-        .split('\n')
-        .filter((line) => line.trim() !== '')
-        .map((line) => JSON.parse(line) as Record<string, unknown>),
-  };
-}
 
 // The Service Bus backend never touches the database; a value that fails loudly if it did.
 const noDb = new Proxy({} as Database, {
@@ -127,7 +107,7 @@ describe('Service Bus queue (real SDK against the AMQP peer)', () => {
   for (const count of [1, 30, 5000]) {
     test(`publishes ${count} item(s), each received exactly once`, async () => {
       await withPeer(async (peer) => {
-        const { logger } = capturingLogger();
+        const { logger } = captureLogs();
         const queue = openQueue(serviceBusConfig(peer.connectionString()), sbDeps(logger));
         try {
           assert.equal(queue.kind, 'servicebus');
@@ -151,7 +131,7 @@ describe('Service Bus queue (real SDK against the AMQP peer)', () => {
   test('a full batch is sent and a new one started: small size limit, every item once', async () => {
     await withPeer(
       async (peer) => {
-        const { logger } = capturingLogger();
+        const { logger } = captureLogs();
         const queue = openQueue(serviceBusConfig(peer.connectionString()), sbDeps(logger));
         try {
           const items = workItems(30);
@@ -173,7 +153,7 @@ describe('Service Bus queue (real SDK against the AMQP peer)', () => {
   test('a message that does not fit an empty batch is a permanent error naming the partition', async () => {
     await withPeer(
       async (peer) => {
-        const { logger, lines } = capturingLogger();
+        const { logger, records: lines } = captureLogs();
         const queue = openQueue(serviceBusConfig(peer.connectionString()), sbDeps(logger));
         try {
           await assert.rejects(queue.publish(workItems(3)), (err: Error) => {
@@ -193,7 +173,7 @@ describe('Service Bus queue (real SDK against the AMQP peer)', () => {
 
   test('two transient failures, then success: every item still exactly once', async () => {
     await withPeer(async (peer) => {
-      const { logger, lines } = capturingLogger();
+      const { logger, records: lines } = captureLogs();
       const queue = openQueue(serviceBusConfig(peer.connectionString()), sbDeps(logger));
       try {
         peer.rejectNext(2, 'com.microsoft:server-busy');
@@ -222,7 +202,7 @@ describe('Service Bus queue (real SDK against the AMQP peer)', () => {
 
   test('a failure after some batches went through: the retry re-sends all, duplicates only of what was accepted', async () => {
     await withPeer(async (peer) => {
-      const { logger } = capturingLogger();
+      const { logger } = captureLogs();
       const queue = openQueue(serviceBusConfig(peer.connectionString()), sbDeps(logger));
       try {
         peer.rejectNext(1, 'com.microsoft:server-busy', { skip: 1 });
@@ -252,7 +232,7 @@ describe('Service Bus queue (real SDK against the AMQP peer)', () => {
 
   test('a failure that persists: error after 3 retries, naming the real cause (not the AggregateError)', async () => {
     await withPeer(async (peer) => {
-      const { logger } = capturingLogger();
+      const { logger } = captureLogs();
       // The SDK retries once itself here, so each attempt ends in its AggregateError.
       const queue = openQueue(
         serviceBusConfig(peer.connectionString()),
@@ -281,7 +261,7 @@ describe('Service Bus queue (real SDK against the AMQP peer)', () => {
 
   test('an unknown queue is permanent: one attempt, the entity named', async () => {
     await withPeer(async (peer) => {
-      const { logger, lines } = capturingLogger();
+      const { logger, records: lines } = captureLogs();
       const queue = openQueue(serviceBusConfig(peer.connectionString(), 'no-such-queue'), sbDeps(logger));
       try {
         await assert.rejects(queue.publish(workItems(2)), (err: Error) => {
@@ -301,7 +281,7 @@ describe('Service Bus queue (real SDK against the AMQP peer)', () => {
     const port = await closedPort();
     const secret = 'Zm9vYmFyLXRlc3Qta2V5LTEyMzQ1Njc4OTA=';
     const connectionString = `Endpoint=sb://127.0.0.1:${port};SharedAccessKeyName=test;SharedAccessKey=${secret};UseDevelopmentEmulator=true`;
-    const { logger, lines } = capturingLogger();
+    const { logger, records: lines } = captureLogs();
     const queue = openQueue(serviceBusConfig(connectionString), sbDeps(logger));
     try {
       await assert.rejects(queue.publish(workItems(3)), (err: Error) => {
@@ -327,7 +307,7 @@ describe('Service Bus queue (real SDK against the AMQP peer)', () => {
 
   test('retries: 0 means a single attempt', async () => {
     const port = await closedPort();
-    const { logger, lines } = capturingLogger();
+    const { logger, records: lines } = captureLogs();
     const queue = openQueue(
       serviceBusConfig(`Endpoint=sb://127.0.0.1:${port};SharedAccessKeyName=test;SharedAccessKey=k;UseDevelopmentEmulator=true`),
       sbDeps(logger, { retry: { retries: 0, minTimeoutMs: 5 } }),
@@ -357,7 +337,7 @@ describe('local queue (PGlite)', () => {
   });
 
   test('without Service Bus configuration, work items go to the durable table and peek lists them oldest first', async () => {
-    const { logger } = capturingLogger();
+    const { logger } = captureLogs();
     const queue = openQueue({ backend: 'local' }, { db, logger });
     assert.equal(queue.kind, 'local');
     assert.ok(isLocalQueue(queue));
@@ -383,7 +363,7 @@ describe('local queue (PGlite)', () => {
   });
 
   test('re-publishing the same run/partitions is idempotent; thousands of items in one call', async () => {
-    const { logger, lines } = capturingLogger();
+    const { logger, records: lines } = captureLogs();
     const queue = openQueue({ backend: 'local' }, { db, logger });
     assert.ok(isLocalQueue(queue));
     const runId = '00000000-0000-4000-8000-000000000003';
@@ -406,7 +386,7 @@ describe('local queue (PGlite)', () => {
   });
 
   test('a failed publish queues nothing (one transaction)', async () => {
-    const { logger } = capturingLogger();
+    const { logger } = captureLogs();
     const queue = openQueue({ backend: 'local' }, { db, logger });
     const runId = '00000000-0000-4000-8000-000000000004';
     const items = workItems(700, runId);

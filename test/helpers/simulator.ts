@@ -1,9 +1,6 @@
 // Shared by the simulator and client tests: raw GraphQL calls to a running simulator, a
 // client configuration pointing at it, and a logger whose lines are captured.
-import { Writable } from 'node:stream';
-import { pino } from 'pino';
 import type { Config } from '../../src/config.js';
-import type { Logger } from '../../src/log.js';
 import type { Simulator } from '../../src/simulator/server.js';
 
 export interface RawResponse {
@@ -49,17 +46,3 @@ export function clientConfig(sim: Simulator, overrides: Partial<Config['nivoda']
   };
 }
 
-/**
- * A plain pino logger (no redaction, no scrubbing) at trace level whose lines are kept:
- * a secret found in these lines was handed to the logger, not merely masked afterwards.
- */
-export function capturingLogger(): { logger: Logger; lines: string[] } {
-  const lines: string[] = [];
-  const sink = new Writable({
-    write(chunk: Buffer, _encoding, done) {
-      lines.push(...chunk.toString('utf8').split('\n').filter((l) => l !== ''));
-      done();
-    },
-  });
-  return { logger: pino({ level: 'trace', base: undefined }, sink), lines };
-}
