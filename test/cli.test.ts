@@ -28,7 +28,7 @@ interface PlanJson {
 }
 
 /** CONTRACT §2 from the outside: ids in order, integer ranges tiling [0, 2147483647), exact counts. */
-function assertTiling(plan: PlanJson, priceCents: ArrayLike<number>, matches: (i: number) => boolean = () => true): void {
+function assertTiling(plan: PlanJson, prices: ArrayLike<number>, matches: (i: number) => boolean = () => true): void {
   const parts = plan.partitions;
   assert.equal(parts[0]?.priceMin, 0);
   assert.equal(parts.at(-1)?.priceMax, PRICE_AXIS_END);
@@ -40,10 +40,10 @@ function assertTiling(plan: PlanJson, priceCents: ArrayLike<number>, matches: (i
   // The worker rule applied to every stone: each lands in exactly one partition, and the counts are the estimates.
   const counts = new Array<number>(parts.length).fill(0);
   let inWindow = 0;
-  for (let i = 0; i < priceCents.length; i++) {
+  for (let i = 0; i < prices.length; i++) {
     if (!matches(i)) continue;
     inWindow++;
-    const dollars = priceCents[i]! / 100;
+    const dollars = prices[i]!;
     const owners = parts.filter((p) => dollars >= p.priceMin && dollars <= p.priceMax && dollars < p.priceMax);
     assert.equal(owners.length, 1, `stone at $${dollars} fetched by ${owners.length} partitions`);
     counts[parts.indexOf(owners[0]!)]!++;
@@ -129,10 +129,21 @@ describe('command line, end to end', () => {
     assert.equal(plan.runType, 'full');
     assert.equal(plan.updatedFrom, null);
     assert.equal(plan.partitions.length, 12); // ceil(60,000 / 5,000)
-    assertTiling(plan, sim.inventory.priceCents, (i) => sim.inventory.updatedMs[i]! <= Date.parse(plan.updatedTo));
+    const dollars = Array.from(sim.inventory.priceCents, (cents) => cents / 100);
+    assertTiling(plan, dollars, (i) => sim.inventory.updatedMs[i]! <= Date.parse(plan.updatedTo));
     assert.ok(plan.scan.countQueries > 0 && plan.scan.countQueries <= 40, `count queries ${plan.scan.countQueries}`);
     assert.ok(result.logs.every((l) => !('unparsable' in l)), 'stderr must be JSON lines only');
     await assert.rejects(import('node:fs/promises').then((fs) => fs.stat(path.join(dataDir, 'pglite'))), /ENOENT/);
+  });
+
+  it('plan --json on the dollar_per_carat axis holds every stone exactly once too', async () => {
+    const result = await runCli(['plan', '--json'], { ...nivodaEnv(), NIVODA_PRICE_FIELD: 'dollar_per_carat', SCHEDULER_DATA_DIR: path.join(tmp, 'plan-ppc') });
+    assert.equal(result.code, 0, result.stderr);
+    const plan = JSON.parse(result.stdout) as PlanJson;
+    assert.equal(plan.priceField, 'dollar_per_carat');
+    const { priceCents, carats, updatedMs } = sim.inventory;
+    const perCarat = Array.from(priceCents, (cents, i) => cents / 100 / carats[i]!);
+    assertTiling(plan, perCarat, (i) => updatedMs[i]! <= Date.parse(plan.updatedTo));
   });
 
   it('a full run records the run, empties the raw table and publishes one work item per partition', async () => {
