@@ -44,15 +44,9 @@ export const CLI_HOLDER = 'cli';
 
 export const holderName = (runId: string) => `${os.hostname()}:${process.pid}:${runId}`;
 
-export function openResources(config: BaseConfig, logger: Logger, options: { database: false }): Promise<Pick<Resources, 'watermarks' | 'close'>>;
-export function openResources(config: BaseConfig, logger: Logger, options?: { database?: true; holder?: string }): Promise<Resources>;
-export async function openResources(
-  config: BaseConfig,
-  logger: Logger,
-  options: { database?: boolean; holder?: string } = {},
-): Promise<Resources | Pick<Resources, 'watermarks' | 'close'>> {
+/** Opens every backend (the database migrated); commands that need only the watermark use openWatermarkStore. */
+export async function openResources(config: BaseConfig, logger: Logger, options: { holder?: string } = {}): Promise<Resources> {
   const watermarks = openWatermarkStore(config.watermark);
-  if (options.database === false) return { watermarks, close: async () => {} };
 
   let embeddedLock: FileLockHandle | null = null;
   if (config.database.backend === 'pglite') {
@@ -106,6 +100,11 @@ function openQueueOrExplain(config: BaseConfig, db: Database, logger: Logger): W
   }
 }
 
+/** The one line a skipped run leaves (exit 0): who holds the lock and since when. */
+export function logSkipped(logger: Logger, holder: { holder: string; since: string } & Record<string, unknown>): void {
+  logger.info(holder, 'skipped: another scheduler holds the lock');
+}
+
 /**
  * Runs `fn` while this process is the only scheduler (CONTRACT §1 step 1). Returns 'skipped'
  * when another instance holds the lock: that is a normal outcome (exit 0), logged with who
@@ -124,7 +123,7 @@ export async function withRunLock<T>(
     logger,
   });
   if (!lock.acquired) {
-    logger.info({ holder: lock.holder, since: lock.since, expiresAt: lock.expiresAt }, 'skipped: another scheduler holds the lock');
+    logSkipped(logger, { holder: lock.holder, since: lock.since, expiresAt: lock.expiresAt });
     return 'skipped';
   }
   try {

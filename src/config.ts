@@ -169,9 +169,8 @@ export function loadBaseConfig(env: Env = process.env, options: { requireNivoda?
   if (!parsed.success) throw new ConfigError(problems);
   const e = parsed.data;
 
-  if (e.NIVODA_ENDPOINT?.startsWith('http:') && !isLoopback(e.NIVODA_ENDPOINT)) {
-    problems.push('NIVODA_ENDPOINT must use https (plain http is allowed only on loopback)');
-  }
+  const endpointProblem = e.NIVODA_ENDPOINT && nivodaEndpointProblem(e.NIVODA_ENDPOINT);
+  if (endpointProblem) problems.push(endpointProblem);
   if (e.HEATMAP_MIN_RECORDS_PER_WORKER > e.RECORDS_PER_WORKER) {
     problems.push('HEATMAP_MIN_RECORDS_PER_WORKER must not exceed RECORDS_PER_WORKER');
   }
@@ -269,7 +268,15 @@ function parseBaseQuery(raw: string | undefined, problems: string[]): BaseQuery 
   return undefined;
 }
 
-export function isLoopback(url: string): boolean {
+/** Why an endpoint may not carry the credentials, or undefined: https, or plain http on loopback only. */
+export function nivodaEndpointProblem(endpoint: string): string | undefined {
+  if (!URL.canParse(endpoint)) return 'NIVODA_ENDPOINT must be an http(s) URL';
+  const { protocol } = new URL(endpoint);
+  if (protocol === 'https:' || (protocol === 'http:' && isLoopback(endpoint))) return undefined;
+  return 'NIVODA_ENDPOINT must use https (plain http is allowed only on loopback)';
+}
+
+function isLoopback(url: string): boolean {
   const host = new URL(url).hostname;
   return host === 'localhost' || host === '[::1]' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host);
 }

@@ -4,7 +4,7 @@
 import { Command, CommanderError, Option } from 'commander';
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { CLI_HOLDER, EmbeddedDatabaseBusyError, holderName, openResources, withRunLock, type Resources } from './app.js';
+import { CLI_HOLDER, EmbeddedDatabaseBusyError, holderName, logSkipped, openResources, withRunLock, type Resources } from './app.js';
 import { loadBaseConfig, loadConfig, loadDotEnv, type Config } from './config.js';
 import { listRuns } from './db/runs.js';
 import { ConfigError, toError, WatermarkFormatError } from './errors.js';
@@ -14,7 +14,7 @@ import { isLocalQueue } from './queue/queue.js';
 import { formatPlan, formatRuns } from './report.js';
 import { plan, run } from './scheduler.js';
 import type { Watermark } from './domain.js';
-import { unchangedSince, watermarkProblems, type StoredWatermark, type WatermarkStore } from './watermark.js';
+import { openWatermarkStore, unchangedSince, watermarkProblems, type StoredWatermark, type WatermarkStore } from './watermark.js';
 
 const out = (text: string) => process.stdout.write(`${text}\n`);
 
@@ -64,13 +64,8 @@ function buildProgram(setExit: (code: number) => void): Command {
     .action(async (options: { json?: boolean; full?: boolean }) => {
       const config = loadConfig();
       const nivoda = createNivodaClient(config.nivoda, log);
-      const resources = await openResources(config, log, { database: false });
-      try {
-        const planned = await plan({ config, nivoda, logger: log, watermarks: resources.watermarks }, options);
-        out(options.json ? JSON.stringify(planned) : formatPlan(planned, config.heatmap.strategy));
-      } finally {
-        await resources.close();
-      }
+      const planned = await plan({ config, nivoda, logger: log, watermarks: openWatermarkStore(config.watermark) }, options);
+      out(options.json ? JSON.stringify(planned) : formatPlan(planned, config.heatmap.strategy));
     });
 
   program
@@ -79,51 +74,34 @@ function buildProgram(setExit: (code: number) => void): Command {
     .addOption(new Option('--limit <n>', 'how many runs').default(10).argParser(positiveInt('--limit')))
     .option('--json', 'print JSON')
     .action(async (options: { limit: number; json?: boolean }) => {
-      const resources = await openResources(loadBaseConfig(), log);
-      try {
-        const runs = await listRuns(resources.db, options.limit);
-        out(options.json ? JSON.stringify(runs, null, 2) : formatRuns(runs));
-      } finally {
-        await resources.close();
-      }
+      const runs = await withResources(({ db }) => listRuns(db, options.limit));
+      out(options.json ? JSON.stringify(runs, null, 2) : formatRuns(runs));
     });
 
   const watermark = program.command('watermark').description('read or change the watermark (operators only)');
   watermark.command('get').action(async () => {
-    const { watermarks, close } = await openResources(loadBaseConfig(), log, { database: false });
-    try {
-      const stored = await watermarks.read();
-      out(stored ? JSON.stringify(stored.watermark, null, 2) : `no watermark at ${watermarks.location}: the next run is a full run`);
-    } finally {
-      await close();
-    }
+    const watermarks = openWatermarkStore(loadBaseConfig().watermark);
+    const stored = await watermarks.read();
+    out(stored ? JSON.stringify(stored.watermark, null, 2) : `no watermark at ${watermarks.location}: the next run is a full run`);
   });
   watermark
     .command('set <lastUpdatedAt>')
     .description('set lastUpdatedAt (ISO-8601); the next run is incremental from it')
     .action(async (lastUpdatedAt: string) => {
       const next = watermarkFromCommandLine(lastUpdatedAt);
-      const { watermarks, close } = await openResources(loadBaseConfig(), log, { database: false });
-      try {
-        const current = await readForRepair(watermarks);
-        // Conditional on what was just read, so a consolidator writing meanwhile is not silently overwritten.
-        await watermarks.write(next, current === 'malformed' ? undefined : unchangedSince(current));
-        log.info({ before: current === 'malformed' ? current : (current?.watermark ?? null), after: next, location: watermarks.location }, 'watermark set');
-        out(JSON.stringify(next, null, 2));
-      } finally {
-        await close();
-      }
+      const watermarks = openWatermarkStore(loadBaseConfig().watermark);
+      const current = await readForRepair(watermarks);
+      // Conditional on what was just read, so a consolidator writing meanwhile is not silently overwritten.
+      await watermarks.write(next, current === 'malformed' ? undefined : unchangedSince(current));
+      log.info({ before: current === 'malformed' ? current : (current?.watermark ?? null), after: next, location: watermarks.location }, 'watermark set');
+      out(JSON.stringify(next, null, 2));
     });
   watermark.command('clear').description('remove the watermark: the next run is a full run').action(async () => {
-    const { watermarks, close } = await openResources(loadBaseConfig(), log, { database: false });
-    try {
-      const current = await readForRepair(watermarks);
-      const removed = current === 'malformed' ? await watermarks.clear() : current ? await watermarks.clear({ ifMatch: current.etag }) : false;
-      log.info({ before: current === 'malformed' ? current : (current?.watermark ?? null), location: watermarks.location }, removed ? 'watermark cleared' : 'no watermark to clear');
-      out(removed ? 'watermark cleared: the next run is a full run' : 'there was no watermark');
-    } finally {
-      await close();
-    }
+    const watermarks = openWatermarkStore(loadBaseConfig().watermark);
+    const current = await readForRepair(watermarks);
+    const removed = current === 'malformed' ? await watermarks.clear() : current ? await watermarks.clear({ ifMatch: current.etag }) : false;
+    log.info({ before: current === 'malformed' ? current : (current?.watermark ?? null), location: watermarks.location }, removed ? 'watermark cleared' : 'no watermark to clear');
+    out(removed ? 'watermark cleared: the next run is a full run' : 'there was no watermark');
   });
 
   program
@@ -132,33 +110,36 @@ function buildProgram(setExit: (code: number) => void): Command {
     .command('peek')
     .addOption(new Option('--limit <n>', 'how many messages').default(50).argParser(positiveInt('--limit')))
     .action(async (options: { limit: number }) => {
-      const resources = await openResources(loadBaseConfig(), log);
-      try {
-        if (!isLocalQueue(resources.queue)) {
+      const messages = await withResources(({ queue }) => {
+        if (!isLocalQueue(queue)) {
           throw new ConfigError(['queue peek lists the local queue only; work items go to Azure Service Bus in this configuration']);
         }
-        const messages = await resources.queue.peek(options.limit);
-        for (const message of messages) out(JSON.stringify(message));
-        if (messages.length === 0) out('the local queue is empty');
-      } finally {
-        await resources.close();
-      }
+        return queue.peek(options.limit);
+      });
+      for (const message of messages) out(JSON.stringify(message));
+      if (messages.length === 0) out('the local queue is empty');
     });
 
   program
     .command('migrate')
     .description('apply the database migrations')
     .action(async () => {
-      const resources = await openResources(loadBaseConfig(), log);
-      try {
-        out(resources.migrations.length ? `applied: ${resources.migrations.join(', ')}` : 'the schema is up to date');
-      } finally {
-        await resources.close();
-      }
+      const applied = await withResources(async ({ migrations }) => migrations);
+      out(applied.length ? `applied: ${applied.join(', ')}` : 'the schema is up to date');
     });
 
   program.hook('postAction', () => setExit(0));
   return program;
+}
+
+/** The operator commands' database session: open (migrated), use, close. */
+async function withResources<T>(fn: (resources: Resources) => Promise<T>): Promise<T> {
+  const resources = await openResources(loadBaseConfig(), log);
+  try {
+    return await fn(resources);
+  } finally {
+    await resources.close();
+  }
 }
 
 /**
@@ -176,7 +157,7 @@ async function openForRun(config: Config, logger: Logger, runId: string): Promis
         await sleep(2000);
         continue;
       }
-      logger.info({ holder: thrown.holder, since: thrown.since, pid: thrown.pid }, 'skipped: another scheduler holds the lock');
+      logSkipped(logger, { holder: thrown.holder, since: thrown.since, pid: thrown.pid });
       return null;
     }
   }

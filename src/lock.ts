@@ -25,8 +25,7 @@ import { existsSync, readFileSync, unlinkSync } from 'node:fs';
 import { link, mkdir, open, readFile, stat, unlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import type { Queryable } from './db/database.js';
-import { iso } from './db/runs.js';
+import { iso, type Queryable } from './db/database.js';
 import type { Logger } from './log.js';
 
 export const DEFAULT_LOCK_NAME = 'scheduler';

@@ -3,7 +3,7 @@
 // the same on both backends.
 import type { Partition, PriceField, RunType } from '../domain.js';
 import { scrub } from '../log.js';
-import type { Database, Queryable, Row } from './database.js';
+import { iso, isoOrNull, type Database, type Queryable, type Row } from './database.js';
 
 export type RunStatus = 'scheduling' | 'published' | 'failed' | 'abandoned';
 
@@ -243,16 +243,6 @@ function toRunRecord(row: Row): RunRecord {
   };
 }
 
-/** Both drivers return timestamptz as Date; a string is accepted too so a driver change cannot alter the output. */
-export function iso(value: unknown): string {
-  if (value instanceof Date) return value.toISOString();
-  if (typeof value === 'string') return new Date(value).toISOString();
-  throw new TypeError(`expected a timestamp, got ${typeof value}`);
-}
-
-export function isoOrNull(value: unknown): string | null {
-  return value === null || value === undefined ? null : iso(value);
-}
 
 async function whyNotScheduling(tx: Queryable, runId: string): Promise<string> {
   const rows = await tx.query('SELECT status FROM run_metadata WHERE run_id = $1', [runId]);

@@ -7,7 +7,7 @@
 // passed to the logger; request variables are never logged.
 import { setTimeout as sleep } from 'node:timers/promises';
 import pLimit from 'p-limit';
-import { isLoopback, type Config } from '../config.js';
+import { nivodaEndpointProblem, type Config } from '../config.js';
 import { ConfigError, PermanentError, TransientError } from '../errors.js';
 import { registerSecret, scrub, type Logger } from '../log.js';
 import type { DiamondQuery } from './query.js';
@@ -400,16 +400,11 @@ function wrap(op: Operation, err: unknown): Error {
   return err;
 }
 
+/** The configuration checks this too; a client built another way (tests, tools) must not send credentials in clear either. */
 function checkEndpoint(endpoint: string): string {
-  let url: URL;
-  try {
-    url = new URL(endpoint);
-  } catch {
-    throw new ConfigError(['NIVODA_ENDPOINT must be a URL']);
-  }
-  if (url.protocol === 'https:') return url.href;
-  if (url.protocol === 'http:' && isLoopback(url.href)) return url.href;
-  throw new ConfigError(['NIVODA_ENDPOINT must use https (plain http is allowed only on loopback)']);
+  const problem = nivodaEndpointProblem(endpoint);
+  if (problem) throw new ConfigError([problem]);
+  return new URL(endpoint).href;
 }
 
 /** Retry-After: delta-seconds or an HTTP date (RFC 9110 §10.2.3). */
