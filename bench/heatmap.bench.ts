@@ -15,7 +15,7 @@ import { createNivodaClient } from '../src/nivoda/client.js';
 import { diamondQuery } from '../src/nivoda/query.js';
 import { partitionCount } from '../src/partitioner.js';
 import { plan, resolveWindow, type Plan } from '../src/scheduler.js';
-import { startSimulator, type Simulator } from '../src/simulator/server.js';
+import { startSimulator, type Simulator } from '../tools/simulator/server.js';
 import { openWatermarkStore } from '../src/watermark.js';
 
 const LATENCY_MS = Number(process.env.BENCH_LATENCY_MS ?? 100);
@@ -86,7 +86,11 @@ async function equalWidthPlan(config: Config, full: boolean): Promise<{ planned:
   const started = performance.now();
   const { runType, window, watermark } = await resolveWindow({ config, watermarks }, { full });
   const total = await client.count(diamondQuery({ baseQuery: {}, priceField: config.nivoda.priceField, window }));
-  const rules = { maxWorkers: full ? config.heatmap.maxWorkers : config.heatmap.incrementalMaxWorkers, recordsPerWorker: config.heatmap.recordsPerWorker, minRecordsPerWorker: config.heatmap.minRecordsPerWorker };
+  const rules = {
+    maxWorkers: full ? config.heatmap.maxWorkers : config.heatmap.incrementalMaxWorkers,
+    recordsPerWorker: config.heatmap.recordsPerWorker,
+    minRecordsPerWorker: config.heatmap.minRecordsPerWorker,
+  };
   const n = partitionCount(total, rules);
   const width = Math.ceil(config.heatmap.maxPrice / n);
   const partitions: Partition[] = Array.from({ length: n }, (_, i) => ({
@@ -128,14 +132,20 @@ async function main(): Promise<void> {
       if (run === 'incremental') {
         const store = openWatermarkStore({ backend: 'file', path: watermarkPath });
         const current = await store.read();
-        await store.write({ lastUpdatedAt: new Date(sim.inventory.nowMs - 24 * 3600_000).toISOString(), lastRunId: 'bench' }, current ? { ifMatch: current.etag } : { ifNoneMatch: '*' });
+        await store.write(
+          { lastUpdatedAt: new Date(sim.inventory.nowMs - 24 * 3600_000).toISOString(), lastRunId: 'bench' },
+          current ? { ifMatch: current.etag } : { ifNoneMatch: '*' },
+        );
       }
       for (const strategy of ['quantile', 'seed'] as HeatmapStrategy[]) {
         const config = loadConfig({ ...env, HEATMAP_STRATEGY: strategy });
         const client = createNivodaClient(config.nivoda, createLogger({ level: 'silent' }));
         const watermarks = openWatermarkStore(config.watermark);
         const started = performance.now();
-        const planned = await plan({ config, nivoda: client, watermarks, logger: createLogger({ level: 'silent' }) }, { full: run === 'full' });
+        const planned = await plan(
+          { config, nivoda: client, watermarks, logger: createLogger({ level: 'silent' }) },
+          { full: run === 'full' },
+        );
         const seconds = (performance.now() - started) / 1000;
         const stats = client.stats();
         rows.push(measure(run, strategy, planned, sim, stats.requests, stats.throttled, seconds));
@@ -149,7 +159,19 @@ async function main(): Promise<void> {
     await rm(dataDir, { recursive: true, force: true });
   }
 
-  const header = ['run', 'strategy', 'partitions', 'count queries', 'HTTP requests', '429s', 'scan s', 'max/ideal', 'min/ideal', 'sum est. error', 'worst partition est. error'];
+  const header = [
+    'run',
+    'strategy',
+    'partitions',
+    'count queries',
+    'HTTP requests',
+    '429s',
+    'scan s',
+    'max/ideal',
+    'min/ideal',
+    'sum est. error',
+    'worst partition est. error',
+  ];
   const cells = rows.map((r) => [
     r.run,
     r.strategy,

@@ -129,6 +129,8 @@ export async function withRunLock<T>(
   try {
     return await fn(lock.signal);
   } finally {
-    await lock.release().catch((err: unknown) => logger.warn({ err: toError(err) }, 'releasing the lock failed; it expires with its lease'));
+    await lock
+      .release()
+      .catch((err: unknown) => logger.warn({ err: toError(err) }, 'releasing the lock failed; it expires with its lease'));
   }
 }

@@ -67,9 +67,12 @@ const envSchema = z.object({
 
   AZURE_STORAGE_CONNECTION_STRING: optionalString,
   AZURE_STORAGE_ACCOUNT_URL: z.url({ error: 'must be a URL' }).optional(),
-  WATERMARK_CONTAINER: z.string().regex(/^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$/, {
-    error: 'must be a valid blob container name (3-63 lowercase letters, digits, dashes)',
-  }).default('watermarks'),
+  WATERMARK_CONTAINER: z
+    .string()
+    .regex(/^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$/, {
+      error: 'must be a valid blob container name (3-63 lowercase letters, digits, dashes)',
+    })
+    .default('watermarks'),
   WATERMARK_BLOB: z.string().min(1).default('nivoda.json'),
 
   // Checked without echoing the value: a connection URL carries a password.
@@ -125,9 +128,7 @@ export interface BaseConfig {
     | { backend: 'blob'; connectionString?: string; accountUrl?: string; container: string; blob: string }
     | { backend: 'file'; path: string };
   database: { backend: 'postgres'; url: string; poolMax: number } | { backend: 'pglite'; dir: string };
-  queue:
-    | { backend: 'servicebus'; connectionString?: string; namespace?: string; queueName: string }
-    | { backend: 'local' };
+  queue: { backend: 'servicebus'; connectionString?: string; namespace?: string; queueName: string } | { backend: 'local' };
   dataDir: string;
   lockTtlSeconds: number;
   logLevel: z.infer<typeof envSchema>['LOG_LEVEL'];
@@ -191,18 +192,21 @@ export function loadBaseConfig(env: Env = process.env, options: { requireNivoda?
   const dataDir = path.resolve(e.SCHEDULER_DATA_DIR);
   const { NIVODA_ENDPOINT: endpoint, NIVODA_USERNAME: username, NIVODA_PASSWORD: password } = e;
   return {
-    nivoda: endpoint && username && password ? {
-      endpoint,
-      username,
-      password,
-      priceField: e.NIVODA_PRICE_FIELD,
-      baseQuery: baseQuery ?? {},
-      requestTimeoutMs: e.NIVODA_REQUEST_TIMEOUT_MS,
-      maxConcurrency: e.NIVODA_MAX_CONCURRENCY,
-      maxRequestsPerSecond: e.NIVODA_MAX_REQUESTS_PER_SECOND,
-      maxAttempts: e.NIVODA_MAX_ATTEMPTS,
-      retryBudgetMs: e.NIVODA_RETRY_BUDGET_MS,
-    } : undefined,
+    nivoda:
+      endpoint && username && password
+        ? {
+            endpoint,
+            username,
+            password,
+            priceField: e.NIVODA_PRICE_FIELD,
+            baseQuery: baseQuery ?? {},
+            requestTimeoutMs: e.NIVODA_REQUEST_TIMEOUT_MS,
+            maxConcurrency: e.NIVODA_MAX_CONCURRENCY,
+            maxRequestsPerSecond: e.NIVODA_MAX_REQUESTS_PER_SECOND,
+            maxAttempts: e.NIVODA_MAX_ATTEMPTS,
+            retryBudgetMs: e.NIVODA_RETRY_BUDGET_MS,
+          }
+        : undefined,
     run: { type: e.RUN_TYPE, safetyBufferMinutes: e.INCREMENTAL_SAFETY_BUFFER_MINUTES },
     heatmap: {
       strategy: e.HEATMAP_STRATEGY,

@@ -169,7 +169,8 @@ async function seedScan(probe: Prober, total: number, options: ScanOptions): Pro
       const inRange = end - below;
       below = end;
       if (range.from >= options.denseZoneThreshold) {
-        step = inRange === 0 ? Math.min(step * 5, 100_000) : Math.max(minAdaptiveStep, Math.min(Math.floor((step * target) / inRange), 50_000));
+        step =
+          inRange === 0 ? Math.min(step * 5, 100_000) : Math.max(minAdaptiveStep, Math.min(Math.floor((step * target) / inRange), 50_000));
       }
     }
     price = cursor;
@@ -303,7 +304,10 @@ function evenBetweenPins(pins: ReadonlyMap<number, { lo: number; hi: number }>, 
     table.push(row);
   });
   // Anchors by boundary index k (−1 is the axis start, n − 1 its end), walking the DP back.
-  const anchors = new Map<number, number>([[-1, 0], [n - 1, total]]);
+  const anchors = new Map<number, number>([
+    [-1, 0],
+    [n - 1, total],
+  ]);
   if (order.length > 0) {
     const last = order.length - 1;
     const close = (side: number): State => {

@@ -45,7 +45,12 @@ function buildProgram(setExit: (code: number) => void): Command {
           );
           if (outcome === 'skipped') return;
           logger.info(
-            { runType: outcome.plan.runType, partitions: outcome.plan.partitions.length, published: outcome.published, nivoda: nivoda.stats() },
+            {
+              runType: outcome.plan.runType,
+              partitions: outcome.plan.partitions.length,
+              published: outcome.published,
+              nivoda: nivoda.stats(),
+            },
             outcome.plan.partitions.length === 0 ? 'run finished: the window holds no stones' : 'run finished',
           );
         } finally {
@@ -93,16 +98,26 @@ function buildProgram(setExit: (code: number) => void): Command {
       const current = await readForRepair(watermarks);
       // Conditional on what was just read, so a consolidator writing meanwhile is not silently overwritten.
       await watermarks.write(next, current === 'malformed' ? undefined : unchangedSince(current));
-      log.info({ before: current === 'malformed' ? current : (current?.watermark ?? null), after: next, location: watermarks.location }, 'watermark set');
+      log.info(
+        { before: current === 'malformed' ? current : (current?.watermark ?? null), after: next, location: watermarks.location },
+        'watermark set',
+      );
       out(JSON.stringify(next, null, 2));
     });
-  watermark.command('clear').description('remove the watermark: the next run is a full run').action(async () => {
-    const watermarks = openWatermarkStore(loadBaseConfig().watermark);
-    const current = await readForRepair(watermarks);
-    const removed = current === 'malformed' ? await watermarks.clear() : current ? await watermarks.clear({ ifMatch: current.etag }) : false;
-    log.info({ before: current === 'malformed' ? current : (current?.watermark ?? null), location: watermarks.location }, removed ? 'watermark cleared' : 'no watermark to clear');
-    out(removed ? 'watermark cleared: the next run is a full run' : 'there was no watermark');
-  });
+  watermark
+    .command('clear')
+    .description('remove the watermark: the next run is a full run')
+    .action(async () => {
+      const watermarks = openWatermarkStore(loadBaseConfig().watermark);
+      const current = await readForRepair(watermarks);
+      const removed =
+        current === 'malformed' ? await watermarks.clear() : current ? await watermarks.clear({ ifMatch: current.etag }) : false;
+      log.info(
+        { before: current === 'malformed' ? current : (current?.watermark ?? null), location: watermarks.location },
+        removed ? 'watermark cleared' : 'no watermark to clear',
+      );
+      out(removed ? 'watermark cleared: the next run is a full run' : 'there was no watermark');
+    });
 
   program
     .command('queue')
@@ -168,7 +183,8 @@ function watermarkFromCommandLine(lastUpdatedAt: string): Watermark {
   const now = new Date().toISOString();
   const candidate = { lastUpdatedAt, lastRunId: 'manual', lastRunCompletedAt: now };
   const problems = watermarkProblems(candidate).map((p) => `watermark set: ${p}`);
-  if (problems.length === 0 && Date.parse(lastUpdatedAt) > Date.parse(now)) problems.push(`watermark set: ${lastUpdatedAt} is in the future`);
+  if (problems.length === 0 && Date.parse(lastUpdatedAt) > Date.parse(now))
+    problems.push(`watermark set: ${lastUpdatedAt} is in the future`);
   if (problems.length > 0) throw new ConfigError(problems);
   return candidate;
 }

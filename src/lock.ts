@@ -97,10 +97,7 @@ export async function acquireLock(db: Queryable, options: AcquireLockOptions): P
       }
       return startLease(db, { name, holder, token, ttlSeconds, logger, since: iso(row.acquired_at) });
     }
-    const current = await db.query<LeaseRow>(
-      'SELECT holder, acquired_at, expires_at FROM scheduler_lock WHERE name = $1',
-      [name],
-    );
+    const current = await db.query<LeaseRow>('SELECT holder, acquired_at, expires_at FROM scheduler_lock WHERE name = $1', [name]);
     const held = current[0];
     if (held) {
       return { acquired: false, holder: held.holder, since: iso(held.acquired_at), expiresAt: iso(held.expires_at) };
@@ -229,10 +226,7 @@ export function embeddedLockFile(pgliteDir: string): string {
 /** A `.break` file older than this was left by an instance that died while breaking a stale lock. */
 const BREAK_STALE_MS = 10_000;
 
-export async function acquireFileLock(
-  file: string,
-  options: { holder: string; logger: Logger },
-): Promise<FileLockResult> {
+export async function acquireFileLock(file: string, options: { holder: string; logger: Logger }): Promise<FileLockResult> {
   const { holder, logger } = options;
   await mkdir(path.dirname(file), { recursive: true });
   const mine: FileLockContent = { holder, pid: process.pid, hostname: os.hostname(), since: new Date().toISOString() };

@@ -25,7 +25,11 @@ export function formatPlan(planned: Plan, strategy: string): string {
   const max = Math.max(...planned.partitions.map((p) => p.expectedRecords));
   lines.push(`largest partition ${(max / ideal).toFixed(3)} × ideal (${Math.round(ideal).toLocaleString('en-US')})`, '');
 
-  const rows = planned.partitions.map((p) => [p.partitionId, `${money(p.priceMin)} ≤ price < ${money(p.priceMax)}`, p.expectedRecords.toLocaleString('en-US')]);
+  const rows = planned.partitions.map((p) => [
+    p.partitionId,
+    `${money(p.priceMin)} ≤ price < ${money(p.priceMax)}`,
+    p.expectedRecords.toLocaleString('en-US'),
+  ]);
   const widths = [0, 1, 2].map((i) => Math.max(...rows.map((r) => r[i]!.length), ['partition', 'range', 'records'][i]!.length));
   const pad = (cells: string[]) => cells.map((c, i) => (i === 2 ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ');
   lines.push(pad(['partition', 'range', 'records']) + '  share');

@@ -208,9 +208,11 @@ export async function run(deps: RunDeps, options: RunOptions = {}): Promise<RunO
     const progress = {
       // Bookkeeping only: a failure to note it must not fail a publish that succeeded.
       onSent: (items: WorkItemMessage[]) =>
-        markPartitionsPublished(db, runId, items.map((item) => item.partitionId)).catch((err: unknown) =>
-          logger.warn({ err: toError(err) }, 'could not record which work items were published'),
-        ),
+        markPartitionsPublished(
+          db,
+          runId,
+          items.map((item) => item.partitionId),
+        ).catch((err: unknown) => logger.warn({ err: toError(err) }, 'could not record which work items were published')),
     };
     published = (await queue.publish(workItems(runId, planned), progress)).published;
   } catch (thrown) {
@@ -275,5 +277,6 @@ async function refuseSuspiciousFullScan(db: Database, planned: Plan): Promise<vo
 }
 
 function assertStillLocked(signal: AbortSignal | undefined): void {
-  if (signal?.aborted) throw new Error('lost the single-instance lock during the run (lease expired and taken over); stopped before writing');
+  if (signal?.aborted)
+    throw new Error('lost the single-instance lock during the run (lease expired and taken over); stopped before writing');
 }

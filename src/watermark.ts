@@ -67,10 +67,7 @@ const isoDateTime = z
 const watermarkSchema = z.object(
   {
     lastUpdatedAt: isoDateTime,
-    lastRunId: z
-      .string({ error: 'must be a string' })
-      .min(1, { error: 'must not be empty' })
-      .optional(),
+    lastRunId: z.string({ error: 'must be a string' }).min(1, { error: 'must not be empty' }).optional(),
     lastRunCompletedAt: isoDateTime.optional(),
   },
   { error: (issue) => `must be a JSON object (got ${describeJson(issue.input)})` },

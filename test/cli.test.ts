@@ -10,7 +10,7 @@ import pg from 'pg';
 import { PRICE_AXIS_END, type WorkItemMessage } from '../src/domain.js';
 import { acquireLock } from '../src/lock.js';
 import { createLogger } from '../src/log.js';
-import { startSimulator, type Simulator } from '../src/simulator/server.js';
+import { startSimulator, type Simulator } from '../tools/simulator/server.js';
 import { startAzurite, type Azurite } from './helpers/azurite.js';
 import { runCli, type CliResult } from './helpers/cli.js';
 import { createTestDatabase, type TestDatabase } from './helpers/postgres.js';
@@ -49,7 +49,10 @@ function assertTiling(plan: PlanJson, prices: ArrayLike<number>, matches: (i: nu
     counts[parts.indexOf(owners[0]!)]!++;
   }
   assert.equal(plan.totalRecords, inWindow);
-  assert.deepEqual(parts.map((p) => p.expectedRecords), counts);
+  assert.deepEqual(
+    parts.map((p) => p.expectedRecords),
+    counts,
+  );
 }
 
 const secretsIn = (result: CliResult, secrets: string[]) => secrets.filter((s) => result.stderr.includes(s) || result.stdout.includes(s));
@@ -113,7 +116,11 @@ describe('command line, end to end', () => {
   it('exits 2 on bad usage and on a bad NIVODA_QUERY, before touching anything', async () => {
     assert.equal((await runCli(['frobnicate'], nivodaEnv())).code, 2);
     assert.equal((await runCli(['status', '--limit', '0'], {})).code, 2);
-    const result = await runCli(['plan'], { ...nivodaEnv(), NIVODA_QUERY: '{"updatedAt": {"from": "2024-01-01T00:00:00Z"}}', HEATMAP_MAX_WORKERS: 'many' });
+    const result = await runCli(['plan'], {
+      ...nivodaEnv(),
+      NIVODA_QUERY: '{"updatedAt": {"from": "2024-01-01T00:00:00Z"}}',
+      HEATMAP_MAX_WORKERS: 'many',
+    });
     assert.equal(result.code, 2);
     const problems = result.logs.find((l) => l.level === 'error')?.problems as string[];
     assert.equal(problems.length, 2);
@@ -132,12 +139,22 @@ describe('command line, end to end', () => {
     const dollars = Array.from(sim.inventory.priceCents, (cents) => cents / 100);
     assertTiling(plan, dollars, (i) => sim.inventory.updatedMs[i]! <= Date.parse(plan.updatedTo));
     assert.ok(plan.scan.countQueries > 0 && plan.scan.countQueries <= 40, `count queries ${plan.scan.countQueries}`);
-    assert.ok(result.logs.every((l) => !('unparsable' in l)), 'stderr must be JSON lines only');
-    await assert.rejects(import('node:fs/promises').then((fs) => fs.stat(path.join(dataDir, 'pglite'))), /ENOENT/);
+    assert.ok(
+      result.logs.every((l) => !('unparsable' in l)),
+      'stderr must be JSON lines only',
+    );
+    await assert.rejects(
+      import('node:fs/promises').then((fs) => fs.stat(path.join(dataDir, 'pglite'))),
+      /ENOENT/,
+    );
   });
 
   it('plan --json on the dollar_per_carat axis holds every stone exactly once too', async () => {
-    const result = await runCli(['plan', '--json'], { ...nivodaEnv(), NIVODA_PRICE_FIELD: 'dollar_per_carat', SCHEDULER_DATA_DIR: path.join(tmp, 'plan-ppc') });
+    const result = await runCli(['plan', '--json'], {
+      ...nivodaEnv(),
+      NIVODA_PRICE_FIELD: 'dollar_per_carat',
+      SCHEDULER_DATA_DIR: path.join(tmp, 'plan-ppc'),
+    });
     assert.equal(result.code, 0, result.stderr);
     const plan = JSON.parse(result.stdout) as PlanJson;
     assert.equal(plan.priceField, 'dollar_per_carat');
@@ -148,7 +165,9 @@ describe('command line, end to end', () => {
 
   it('a full run records the run, empties the raw table and publishes one work item per partition', async () => {
     await runCli(['migrate'], { DATABASE_URL: database.url });
-    await sql.query(`INSERT INTO raw_diamonds_nivoda (supplier_stone_id, offer_id, payload, run_id) VALUES ('s-1', 'o-1', '{}', gen_random_uuid())`);
+    await sql.query(
+      `INSERT INTO raw_diamonds_nivoda (supplier_stone_id, offer_id, payload, run_id) VALUES ('s-1', 'o-1', '{}', gen_random_uuid())`,
+    );
     const result = await runCli(['run'], azureEnv());
     assert.equal(result.code, 0, result.stderr);
 
@@ -173,7 +192,9 @@ describe('command line, end to end', () => {
       assert.equal(body.updatedFrom, undefined);
       assert.equal(body.priceField, 'dollar_value');
     });
-    const partitions = (await sql.query('SELECT count(*) AS n FROM run_partitions WHERE run_id = $1 AND published_at IS NOT NULL', [run.run_id])).rows[0].n;
+    const partitions = (
+      await sql.query('SELECT count(*) AS n FROM run_partitions WHERE run_id = $1 AND published_at IS NOT NULL', [run.run_id])
+    ).rows[0].n;
     assert.equal(Number(partitions), bodies.length);
     assert.deepEqual(secretsIn(result, allSecrets()), []);
     const runIds = new Set(result.logs.map((l) => l.runId));
@@ -210,7 +231,9 @@ describe('command line, end to end', () => {
        VALUES ($1, 'partition-1', 0, 500, 10, now()), ($1, 'partition-2', 500, 2147483647, 10, NULL)`,
       [crashed],
     );
-    await sql.query(`INSERT INTO raw_diamonds_nivoda (supplier_stone_id, offer_id, payload, run_id) VALUES ('s-3', 'o-3', '{}', $1)`, [crashed]);
+    await sql.query(`INSERT INTO raw_diamonds_nivoda (supplier_stone_id, offer_id, payload, run_id) VALUES ('s-3', 'o-3', '{}', $1)`, [
+      crashed,
+    ]);
     const result = await runCli(['run', '--full'], azureEnv());
     assert.equal(result.code, 1);
     assert.match(result.stderr, new RegExp(`${crashed} abandoned`));
@@ -228,7 +251,10 @@ describe('command line, end to end', () => {
       assert.equal(result.code, 0, result.stderr);
       assert.ok(result.logs.some((l) => l.msg === 'run finished: the window holds no stones'));
       assert.equal(peer.received.length, before);
-      const status = JSON.parse((await runCli(['status', '--json'], { DATABASE_URL: fresh.url })).stdout) as Array<{ status: string; completedAt: string | null }>;
+      const status = JSON.parse((await runCli(['status', '--json'], { DATABASE_URL: fresh.url })).stdout) as Array<{
+        status: string;
+        completedAt: string | null;
+      }>;
       assert.equal(status[0]?.status, 'published');
       assert.ok(status[0]?.completedAt, 'a run without work items is complete at once');
     } finally {
@@ -239,7 +265,9 @@ describe('command line, end to end', () => {
 
   it('a full scan that finds no stones does not empty the raw table', async () => {
     await sql.query('UPDATE run_metadata SET completed_at = now() WHERE completed_at IS NULL'); // the consolidator's part
-    await sql.query(`INSERT INTO raw_diamonds_nivoda (supplier_stone_id, offer_id, payload, run_id) VALUES ('s-2', 'o-2', '{}', gen_random_uuid())`);
+    await sql.query(
+      `INSERT INTO raw_diamonds_nivoda (supplier_stone_id, offer_id, payload, run_id) VALUES ('s-2', 'o-2', '{}', gen_random_uuid())`,
+    );
     const runs = await runCount();
     const rawRows = async () => Number((await sql.query('SELECT count(*) AS n FROM raw_diamonds_nivoda')).rows[0].n);
     const raw = await rawRows();
@@ -288,12 +316,18 @@ describe('command line, end to end', () => {
     const from = Date.parse(expectedFrom);
     const to = Date.parse(bodies[0]!.updatedTo);
     const inWindow = Array.from(sim.inventory.updatedMs).filter((t) => t >= from && t <= to).length;
-    assert.equal(bodies.reduce((sum, b) => sum + b.expectedRecords, 0), inWindow);
+    assert.equal(
+      bodies.reduce((sum, b) => sum + b.expectedRecords, 0),
+      inWindow,
+    );
   });
 
   it('a second scheduler is skipped with exit 0 while the lock is held', async () => {
     const admin = new pg.Pool({ connectionString: database.url, max: 1 });
-    const wrap = { query: async (text: string, params?: readonly unknown[]) => (await admin.query(text, params as unknown[])).rows, exec: async (text: string) => void (await admin.query(text)) };
+    const wrap = {
+      query: async (text: string, params?: readonly unknown[]) => (await admin.query(text, params as unknown[])).rows,
+      exec: async (text: string) => void (await admin.query(text)),
+    };
     const lock = await acquireLock(wrap, { holder: 'other-host:4242:run-x', ttlSeconds: 60, logger: createLogger({ level: 'silent' }) });
     assert.ok(lock.acquired);
     try {
@@ -352,7 +386,10 @@ describe('command line, end to end', () => {
     assert.equal(result.code, 0, result.stderr);
     const peek = await runCli(['queue', 'peek', '--limit', '100'], env);
     assert.equal(peek.code, 0, peek.stderr);
-    const items = peek.stdout.trim().split('\n').map((line) => JSON.parse(line) as { messageId: string; body: WorkItemMessage });
+    const items = peek.stdout
+      .trim()
+      .split('\n')
+      .map((line) => JSON.parse(line) as { messageId: string; body: WorkItemMessage });
     assert.equal(items.length, 12);
     assert.equal(items[0]!.messageId, `${items[0]!.body.runId}:partition-1`);
     const status = await runCli(['status', '--json'], env);

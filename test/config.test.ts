@@ -50,12 +50,21 @@ describe('config', () => {
   it('names all three missing NIVODA_* variables at once', () => {
     const problems = problemsOf({});
     for (const name of ['NIVODA_ENDPOINT', 'NIVODA_USERNAME', 'NIVODA_PASSWORD']) {
-      assert.ok(problems.some((p) => p.startsWith(`${name} is required`)), `${name} not named in ${problems.join('; ')}`);
+      assert.ok(
+        problems.some((p) => p.startsWith(`${name} is required`)),
+        `${name} not named in ${problems.join('; ')}`,
+      );
     }
   });
 
   it('names every bad number together with the other problems', () => {
-    const problems = problemsOf({ ...valid, HEATMAP_MAX_WORKERS: 'thirty', RECORDS_PER_WORKER: '-5', HEATMAP_DENSE_ZONE_STEP: '2.5', NIVODA_PRICE_FIELD: 'price' });
+    const problems = problemsOf({
+      ...valid,
+      HEATMAP_MAX_WORKERS: 'thirty',
+      RECORDS_PER_WORKER: '-5',
+      HEATMAP_DENSE_ZONE_STEP: '2.5',
+      NIVODA_PRICE_FIELD: 'price',
+    });
     assert.equal(problems.length, 4, problems.join('; '));
     assert.ok(problems.some((p) => p.startsWith('HEATMAP_MAX_WORKERS must be a number')));
     assert.ok(problems.some((p) => p.startsWith('RECORDS_PER_WORKER must be at least 1')));
@@ -82,17 +91,31 @@ describe('config', () => {
 
   it('refuses plain http except on loopback', () => {
     assert.match(problemsOf({ ...valid, NIVODA_ENDPOINT: 'http://nivoda.example.com/api' })[0]!, /https/);
-    assert.equal(loadConfig({ ...valid, NIVODA_ENDPOINT: 'http://127.0.0.1:4000/graphql' }).nivoda.endpoint, 'http://127.0.0.1:4000/graphql');
+    assert.equal(
+      loadConfig({ ...valid, NIVODA_ENDPOINT: 'http://127.0.0.1:4000/graphql' }).nivoda.endpoint,
+      'http://127.0.0.1:4000/graphql',
+    );
   });
 
   it('never puts a secret into a problem message', () => {
-    const problems = problemsOf({ ...valid, NIVODA_PASSWORD: 'hunter2-secret', DATABASE_POOL_MAX: 'x', AZURE_SERVICE_BUS_CONNECTION_STRING: 'Endpoint=sb://x/;SharedAccessKey=abc', AZURE_SERVICE_BUS_NAMESPACE: 'x.servicebus.windows.net' });
+    const problems = problemsOf({
+      ...valid,
+      NIVODA_PASSWORD: 'hunter2-secret',
+      DATABASE_POOL_MAX: 'x',
+      AZURE_SERVICE_BUS_CONNECTION_STRING: 'Endpoint=sb://x/;SharedAccessKey=abc',
+      AZURE_SERVICE_BUS_NAMESPACE: 'x.servicebus.windows.net',
+    });
     const text = problems.join('\n');
     assert.doesNotMatch(text, /hunter2|SharedAccessKey=abc/);
   });
 
   it('picks the Azure and PostgreSQL backends when their settings are present', () => {
-    const config = loadConfig({ ...valid, DATABASE_URL: 'postgres://u:p@db/x', AZURE_STORAGE_CONNECTION_STRING: 'UseDevelopmentStorage=true', AZURE_SERVICE_BUS_CONNECTION_STRING: 'Endpoint=sb://ns/;SharedAccessKeyName=k;SharedAccessKey=v' });
+    const config = loadConfig({
+      ...valid,
+      DATABASE_URL: 'postgres://u:p@db/x',
+      AZURE_STORAGE_CONNECTION_STRING: 'UseDevelopmentStorage=true',
+      AZURE_SERVICE_BUS_CONNECTION_STRING: 'Endpoint=sb://ns/;SharedAccessKeyName=k;SharedAccessKey=v',
+    });
     assert.equal(config.database.backend, 'postgres');
     assert.equal(config.watermark.backend, 'blob');
     assert.equal(config.queue.backend, 'servicebus');

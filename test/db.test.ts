@@ -35,7 +35,13 @@ after(async () => {
   // Reverse order: pools close before their databases are dropped.
   // Each on its own, so one failing cleanup does not leave the databases after it behind.
   const results = [];
-  for (const cleanup of cleanups.reverse()) results.push(await cleanup().then(() => null, (err: unknown) => err));
+  for (const cleanup of cleanups.reverse())
+    results.push(
+      await cleanup().then(
+        () => null,
+        (err: unknown) => err,
+      ),
+    );
   const failures = results.filter((r) => r !== null);
   if (failures.length > 0) throw new AggregateError(failures, 'cleanup failed');
 });
@@ -102,10 +108,12 @@ const TWO_PARTITIONS: Partition[] = [
 
 async function insertRawRows(db: Database, count: number): Promise<void> {
   for (let i = 0; i < count; i++) {
-    await db.query(
-      'INSERT INTO raw_diamonds_nivoda (supplier_stone_id, offer_id, payload, run_id) VALUES ($1, $2, $3, $4)',
-      [`stone-${i}-${randomUUID()}`, `offer-${i}`, JSON.stringify({ price: i }), randomUUID()],
-    );
+    await db.query('INSERT INTO raw_diamonds_nivoda (supplier_stone_id, offer_id, payload, run_id) VALUES ($1, $2, $3, $4)', [
+      `stone-${i}-${randomUUID()}`,
+      `offer-${i}`,
+      JSON.stringify({ price: i }),
+      randomUUID(),
+    ]);
   }
 }
 
@@ -123,13 +131,22 @@ describe('migrations on the real PostgreSQL server', () => {
   test('from empty: applies every file in number order and creates the tables', async () => {
     assert.deepEqual(await tables(db), []);
     const files = await loadMigrations();
-    assert.ok(files.some((m) => m.id === '001_initial'), 'the initial migration is shipped');
+    assert.ok(
+      files.some((m) => m.id === '001_initial'),
+      'the initial migration is shipped',
+    );
     const { applied } = await migrate(db);
-    assert.deepEqual(applied, files.map((m) => m.id));
+    assert.deepEqual(
+      applied,
+      files.map((m) => m.id),
+    );
     const present = await tables(db);
     for (const table of EXPECTED_TABLES) assert.ok(present.includes(table), `${table} exists`);
     const recorded = await db.query<{ name: string }>('SELECT name FROM schema_migrations ORDER BY version');
-    assert.deepEqual(recorded.map((r) => r.name), applied);
+    assert.deepEqual(
+      recorded.map((r) => r.name),
+      applied,
+    );
   });
 
   test('a re-run applies nothing and changes nothing', async () => {
@@ -143,10 +160,7 @@ describe('migrations on the real PostgreSQL server', () => {
     await recordRun(db, run, TWO_PARTITIONS, { emptyRawTable: false });
     // An incremental run without a lower bound would silently fetch everything.
     await assert.rejects(recordRun(db, newRun({ updatedFrom: null }), [], { emptyRawTable: false }), /incremental_has_from/);
-    await assert.rejects(
-      db.query(`UPDATE run_metadata SET status = 'done' WHERE run_id = $1`, [run.runId]),
-      /check constraint/,
-    );
+    await assert.rejects(db.query(`UPDATE run_metadata SET status = 'done' WHERE run_id = $1`, [run.runId]), /check constraint/);
     await insertRawRows(db, 1);
     const [row] = await db.query<{ supplier_stone_id: string }>('SELECT supplier_stone_id FROM raw_diamonds_nivoda');
     await assert.rejects(
@@ -191,7 +205,10 @@ describe('migration files', () => {
     // Its transaction rolled back: the table it created before failing is gone, and it is not recorded.
     assert.ok(!(await tables(db)).includes('second_t'));
     const versions = await db.query<{ version: string }>('SELECT version FROM schema_migrations ORDER BY version');
-    assert.deepEqual(versions.map((v) => v.version), ['001']);
+    assert.deepEqual(
+      versions.map((v) => v.version),
+      ['001'],
+    );
 
     await writeFile(path.join(dir, '002_broken.sql'), 'CREATE TABLE second_t (id int);\n');
     await writeFile(path.join(dir, '001_first.sql'), 'CREATE TABLE first_t (id bigint);\n');
@@ -264,7 +281,10 @@ describe('run records on the real PostgreSQL server', () => {
     await assert.rejects(markPublished(db, a.runId), /is published, not scheduling/);
     await assert.rejects(markPublished(db, randomUUID()), /does not exist/);
 
-    assert.deepEqual((await unfinishedRuns(db)).map((r) => r.runId), [a.runId]);
+    assert.deepEqual(
+      (await unfinishedRuns(db)).map((r) => r.runId),
+      [a.runId],
+    );
     await db.query('UPDATE run_metadata SET completed_at = now() WHERE run_id = $1', [a.runId]);
     assert.deepEqual(await unfinishedRuns(db), []);
 
@@ -282,14 +302,22 @@ describe('run records on the real PostgreSQL server', () => {
     assert.equal(await abandonStaleRuns(db), 0);
 
     const listed = await listRuns(db, 3);
-    assert.deepEqual(listed.map((r) => r.runId), [d.runId, c.runId, b.runId]);
-    assert.deepEqual(listed.map((r) => r.status), ['abandoned', 'abandoned', 'failed']);
+    assert.deepEqual(
+      listed.map((r) => r.runId),
+      [d.runId, c.runId, b.runId],
+    );
+    assert.deepEqual(
+      listed.map((r) => r.status),
+      ['abandoned', 'abandoned', 'failed'],
+    );
   });
 
   test('a full run whose TRUNCATE cannot get its lock fails whole: no run row, the raw table untouched', async () => {
     await db.exec('DELETE FROM run_metadata');
     await db.exec('TRUNCATE raw_diamonds_nivoda');
-    await db.query(`INSERT INTO raw_diamonds_nivoda (supplier_stone_id, offer_id, payload, run_id) VALUES ('held', 'o', '{}', gen_random_uuid())`);
+    await db.query(
+      `INSERT INTO raw_diamonds_nivoda (supplier_stone_id, offer_id, payload, run_id) VALUES ('held', 'o', '{}', gen_random_uuid())`,
+    );
     assert.equal(await rawTableHasRows(db), true);
     const worker = new pg.Client({ connectionString: testDb.url });
     await worker.connect();
@@ -322,7 +350,10 @@ describe('run records on the real PostgreSQL server', () => {
       if (run !== nothingSent) await markPartitionsPublished(db, run.runId, ['partition-1']);
       await markFailed(db, run.runId, 'queue down after the first batch');
     }
-    assert.deepEqual((await unfinishedRuns(db)).map((r) => r.runId), [recentFailure.runId]);
+    assert.deepEqual(
+      (await unfinishedRuns(db)).map((r) => r.runId),
+      [recentFailure.runId],
+    );
 
     assert.equal(await lastPublishedFullRun(db), undefined);
     const full = newRun({ runType: 'full', updatedFrom: null, watermarkBefore: null, startedAt: now, totalRecords: 437_849 });
@@ -390,8 +421,17 @@ describe('PGlite (embedded)', () => {
       Object.fromEntries(Object.entries(row).map(([k, v]) => [k, v === null ? 'null' : (v as object).constructor.name]));
     assert.deepEqual(shape(b), shape(a));
     assert.deepEqual(shape(a), {
-      big: 'Number', n: 'Number', small: 'Number', float: 'Number', num: 'String', flag: 'Boolean',
-      doc: 'Object', ts: 'Date', missing: 'null', id: 'String', label: 'String',
+      big: 'Number',
+      n: 'Number',
+      small: 'Number',
+      float: 'Number',
+      num: 'String',
+      flag: 'Boolean',
+      doc: 'Object',
+      ts: 'Date',
+      missing: 'null',
+      id: 'String',
+      label: 'String',
     });
     assert.deepEqual(b, a);
   });

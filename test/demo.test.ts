@@ -9,7 +9,7 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
 describe('demo', () => {
   it('runs a full and then an incremental run against the simulator with zero setup', async () => {
-    const child = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'src', 'demo.ts')], {
+    const child = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'tools', 'demo.ts')], {
       cwd: root,
       env: { PATH: process.env.PATH, HOME: process.env.HOME, LOG_LEVEL: 'warn' },
       stdio: ['ignore', 'pipe', 'pipe'],

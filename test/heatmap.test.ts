@@ -4,7 +4,7 @@ import fc from 'fast-check';
 import { PRICE_AXIS_END, type PriceBounds } from '../src/domain.js';
 import { scanDensity, type CountFn, type ScanOptions } from '../src/heatmap.js';
 import { partitionCount, planPartitions, type PartitionRules } from '../src/partitioner.js';
-import { generateInventory } from '../src/simulator/inventory.js';
+import { generateInventory } from '../tools/simulator/inventory.js';
 import { assertTiles, inventoryCounter, seededRandom, workerRule } from './helpers/inventory-counter.js';
 
 const fullRules: PartitionRules = { maxWorkers: 30, recordsPerWorker: 5000, minRecordsPerWorker: 1000 };
@@ -23,12 +23,20 @@ function assertContract(prices: ArrayLike<number>, plan: ReturnType<typeof planP
   const rule = workerRule(plan, prices);
   assert.equal(rule.unowned, 0, 'every stone is fetched');
   assert.equal(rule.duplicated, 0, 'no stone is fetched twice');
-  assert.deepEqual(plan.map((p) => p.expectedRecords), rule.fetched, 'expectedRecords is what the worker rule yields');
+  assert.deepEqual(
+    plan.map((p) => p.expectedRecords),
+    rule.fetched,
+    'expectedRecords is what the worker rule yields',
+  );
   const total = prices.length;
   assert.ok(plan.length <= partitionCount(total, rules) && plan.length <= rules.maxWorkers);
   assert.equal(plan.length === 0, total === 0);
   if (total < rules.minRecordsPerWorker) assert.ok(plan.length <= 1);
-  else assert.ok(plan.every((p) => p.expectedRecords >= rules.minRecordsPerWorker), 'no partition under the minimum');
+  else
+    assert.ok(
+      plan.every((p) => p.expectedRecords >= rules.minRecordsPerWorker),
+      'no partition under the minimum',
+    );
 }
 
 describe('scanDensity: counts map onto the worker rule', () => {
@@ -38,7 +46,11 @@ describe('scanDensity: counts map onto the worker rule', () => {
     assert.equal(await count({ from: 499, to: 500 }), 3); // $499.50, $499.99, $500.00 — not $500.01
     assert.equal(await count({ to: 499 }), 1); // the trap: only $0 — $499.50 and $499.99 are in neither {to: 499}…
     assert.equal(await count({ from: 500 }), 3); // …nor {from: 500}
-    const { scan, plan } = await planFor(prices, { strategy: 'quantile', ...seedDefaults, partitions: { maxWorkers: 3, recordsPerWorker: 2, minRecordsPerWorker: 1 } });
+    const { scan, plan } = await planFor(prices, {
+      strategy: 'quantile',
+      ...seedDefaults,
+      partitions: { maxWorkers: 3, recordsPerWorker: 2, minRecordsPerWorker: 1 },
+    });
     assert.equal(scan.total, 6);
     assertContract(prices, plan, { maxWorkers: 3, recordsPerWorker: 2, minRecordsPerWorker: 1 });
   });
@@ -88,10 +100,19 @@ describe('scanDensity: counts map onto the worker rule', () => {
 
   it('fails when a count fails or is not a count', async () => {
     const options: ScanOptions = { strategy: 'quantile', ...seedDefaults, partitions: fullRules };
-    await assert.rejects(scanDensity(async () => Promise.reject(new Error('HTTP 503')), options), /HTTP 503/);
-    await assert.rejects(scanDensity(async () => -1, options), /not a count/);
+    await assert.rejects(
+      scanDensity(async () => Promise.reject(new Error('HTTP 503')), options),
+      /HTTP 503/,
+    );
+    await assert.rejects(
+      scanDensity(async () => -1, options),
+      /not a count/,
+    );
     let calls = 0;
-    await assert.rejects(scanDensity(async () => (calls++ === 0 ? 100_000 : Number.NaN), options), /not a count/);
+    await assert.rejects(
+      scanDensity(async () => (calls++ === 0 ? 100_000 : Number.NaN), options),
+      /not a count/,
+    );
   });
 
   it('stops asking once a count has failed', async () => {
@@ -120,7 +141,10 @@ describe('scanDensity: seed strategy', () => {
     const { scan, plan, asked } = await planFor(prices, { strategy: 'seed', ...seedDefaults, partitions: fullRules });
     const probed = asked.slice(1).map((b) => b.from!);
     const dense = probed.filter((p) => p <= 20_000);
-    assert.deepEqual(dense, Array.from({ length: 200 }, (_, i) => (i + 1) * 100));
+    assert.deepEqual(
+      dense,
+      Array.from({ length: 200 }, (_, i) => (i + 1) * 100),
+    );
     const above = probed.filter((p) => p > 20_000);
     assert.equal(above.at(-1), 250_000);
     const steps = above.map((p, i) => p - (above[i - 1] ?? 20_000));
@@ -132,15 +156,17 @@ describe('scanDensity: seed strategy', () => {
 
 describe('scanDensity + planPartitions: properties over generated inventories', () => {
   // Small rules so that inventories of a few thousand stones make many partitions.
-  const arbitraryRules = fc.record({
-    maxWorkers: fc.integer({ min: 1, max: 40 }),
-    recordsPerWorker: fc.integer({ min: 5, max: 200 }),
-    minShare: fc.double({ min: 0, max: 1, noNaN: true }),
-  }).map(({ maxWorkers, recordsPerWorker, minShare }) => ({
-    maxWorkers,
-    recordsPerWorker,
-    minRecordsPerWorker: Math.max(1, Math.floor(minShare * recordsPerWorker)),
-  }));
+  const arbitraryRules = fc
+    .record({
+      maxWorkers: fc.integer({ min: 1, max: 40 }),
+      recordsPerWorker: fc.integer({ min: 5, max: 200 }),
+      minShare: fc.double({ min: 0, max: 1, noNaN: true }),
+    })
+    .map(({ maxWorkers, recordsPerWorker, minShare }) => ({
+      maxWorkers,
+      recordsPerWorker,
+      minRecordsPerWorker: Math.max(1, Math.floor(minShare * recordsPerWorker)),
+    }));
 
   const wholeDollar = fc.integer({ min: 0, max: 300_000 });
   const cents = fc.oneof(

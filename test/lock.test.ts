@@ -28,7 +28,6 @@ after(async () => {
   for (const cleanup of cleanups.reverse()) await cleanup();
 });
 
-
 interface Holder {
   child: ChildProcessWithoutNullStreams;
   next(): Promise<Record<string, unknown>>;
@@ -146,9 +145,7 @@ describe('lease lock on the real PostgreSQL server', () => {
 
   test('simultaneous acquirers on separate pools: exactly one wins', async () => {
     const { logger } = captureLogs();
-    const pools = await Promise.all(
-      Array.from({ length: 5 }, () => openDatabase({ backend: 'postgres', url: target.url, poolMax: 1 })),
-    );
+    const pools = await Promise.all(Array.from({ length: 5 }, () => openDatabase({ backend: 'postgres', url: target.url, poolMax: 1 })));
     try {
       const results = await Promise.all(pools.map((p, i) => acquireLock(p, { holder: `racer-${i}`, ttlSeconds: 30, logger })));
       const winners = results.filter((r) => r.acquired);

@@ -11,8 +11,8 @@ import {
   type NivodaClientTuning,
 } from '../src/nivoda/client.js';
 import type { DiamondQuery } from '../src/nivoda/query.js';
-import { countMatching } from '../src/simulator/inventory.js';
-import { startSimulator, type Simulator } from '../src/simulator/server.js';
+import { countMatching } from '../tools/simulator/inventory.js';
+import { startSimulator, type Simulator } from '../tools/simulator/server.js';
 import { captureLogs } from './helpers/logs.js';
 import { clientConfig } from './helpers/simulator.js';
 import type { Config } from '../src/config.js';
@@ -311,7 +311,10 @@ describe('Nivoda client against the simulator', () => {
     const page = await nivoda.search(query, { offset: 0, limit: 50, order: { type: 'price', direction: 'DESC' } });
     assert.equal(page.items.length, 50);
     const prices = page.items.map((o) => o.price);
-    assert.deepEqual(prices, [...prices].sort((a, b) => b - a));
+    assert.deepEqual(
+      prices,
+      [...prices].sort((a, b) => b - a),
+    );
     assert.ok(prices.every((p) => p >= 100_000 && p <= 200_000));
     assert.equal(typeof page.items[0]!.diamond.certificate.carats, 'number');
     assert.equal(typeof page.totalCount, 'number');
@@ -341,8 +344,14 @@ describe('Nivoda client against the simulator', () => {
   it('never wrote a password or a token into a log line', () => {
     const secrets = [sim.password, 'wrong-password-xyz-123', ...sim.issuedTokens()];
     assert.ok(sim.issuedTokens().length >= 10, 'the tests above issued tokens');
-    assert.ok(logs.lines().some((l) => l.includes('retrying Nivoda request')), 'retries were logged');
-    assert.ok(logs.lines().some((l) => l.includes('authenticated with Nivoda')), 'authentications were logged');
+    assert.ok(
+      logs.lines().some((l) => l.includes('retrying Nivoda request')),
+      'retries were logged',
+    );
+    assert.ok(
+      logs.lines().some((l) => l.includes('authenticated with Nivoda')),
+      'authentications were logged',
+    );
     for (const line of logs.lines()) {
       for (const secret of secrets) assert.ok(!line.includes(secret), `a secret leaked into: ${line}`);
     }

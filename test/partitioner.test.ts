@@ -59,7 +59,10 @@ describe('planPartitions', () => {
     const plan = planPartitions(scanOf(12_000, points), { ...rules, recordsPerWorker: 2000 });
     assertTiles(plan);
     assert.equal(plan.length, 6);
-    assert.deepEqual(plan.map((p) => p.expectedRecords), [2000, 2000, 2000, 2000, 2000, 2000]);
+    assert.deepEqual(
+      plan.map((p) => p.expectedRecords),
+      [2000, 2000, 2000, 2000, 2000, 2000],
+    );
     assert.equal(plan.at(-1)!.priceMin, 500);
   });
 
@@ -75,7 +78,10 @@ describe('planPartitions', () => {
     assertTiles(plan);
     assert.equal(plan.length, 20);
     assert.ok(plan.every((p) => p.expectedRecords >= rules.minRecordsPerWorker));
-    assert.equal(plan.reduce((s, p) => s + p.expectedRecords, 0), 100_000);
+    assert.equal(
+      plan.reduce((s, p) => s + p.expectedRecords, 0),
+      100_000,
+    );
     const mass = plan.find((p) => p.priceMin <= 1000 && p.priceMax >= 1001)!;
     assert.ok(mass.expectedRecords >= 30_000);
     // The rest stays even: the other partitions share the remaining stones.
@@ -93,12 +99,21 @@ describe('planPartitions', () => {
       { ...rules, recordsPerWorker: 3000 },
     );
     assertTiles(plan);
-    assert.equal(plan.reduce((s, p) => s + p.expectedRecords, 0), 10_000);
+    assert.equal(
+      plan.reduce((s, p) => s + p.expectedRecords, 0),
+      10_000,
+    );
   });
 
   it('property: tiles the axis, obeys the worker-count rules and finds the least maximum load', () => {
     const arbitraryCase = fc.record({
-      steps: fc.array(fc.record({ gap: fc.integer({ min: 1, max: 1000 }), load: fc.oneof(fc.integer({ min: 0, max: 40 }), fc.integer({ min: 0, max: 400 })) }), { maxLength: 9 }),
+      steps: fc.array(
+        fc.record({
+          gap: fc.integer({ min: 1, max: 1000 }),
+          load: fc.oneof(fc.integer({ min: 0, max: 40 }), fc.integer({ min: 0, max: 400 })),
+        }),
+        { maxLength: 9 },
+      ),
       tail: fc.integer({ min: 0, max: 300 }),
       maxWorkers: fc.integer({ min: 1, max: 6 }),
       recordsPerWorker: fc.integer({ min: 1, max: 300 }),
@@ -106,7 +121,11 @@ describe('planPartitions', () => {
     });
     fc.assert(
       fc.property(arbitraryCase, ({ steps, tail, maxWorkers, recordsPerWorker, minShare }) => {
-        const r: PartitionRules = { maxWorkers, recordsPerWorker, minRecordsPerWorker: Math.max(1, Math.floor(minShare * recordsPerWorker)) };
+        const r: PartitionRules = {
+          maxWorkers,
+          recordsPerWorker,
+          minRecordsPerWorker: Math.max(1, Math.floor(minShare * recordsPerWorker)),
+        };
         const points: CumulativePoint[] = [];
         let price = 0;
         let below = 0;
@@ -121,9 +140,16 @@ describe('planPartitions', () => {
         const wanted = partitionCount(total, r);
         assert.ok(plan.length <= wanted && plan.length <= maxWorkers);
         assert.equal(plan.length === 0, total === 0);
-        assert.equal(plan.reduce((s, p) => s + p.expectedRecords, 0), total);
+        assert.equal(
+          plan.reduce((s, p) => s + p.expectedRecords, 0),
+          total,
+        );
         if (total >= r.minRecordsPerWorker) assert.ok(plan.every((p) => p.expectedRecords >= r.minRecordsPerWorker));
-        for (const p of plan.slice(1)) assert.ok(points.some((q) => q.price === p.priceMin), 'boundaries are probed prices');
+        for (const p of plan.slice(1))
+          assert.ok(
+            points.some((q) => q.price === p.priceMin),
+            'boundaries are probed prices',
+          );
         if (plan.length > 1) {
           const all = [0, ...points.map((q) => q.below), total];
           // No larger count is feasible, and for this count the maximum is the least possible.

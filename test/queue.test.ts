@@ -13,12 +13,7 @@ import type { WorkItemMessage } from '../src/domain.js';
 import { PermanentError, TransientError } from '../src/errors.js';
 import type { Logger } from '../src/log.js';
 import { isLocalQueue, openQueue, toEnvelope, type QueueDeps } from '../src/queue/queue.js';
-import {
-  BATCH_MESSAGE_FORMAT,
-  closedPort,
-  startServiceBusPeer,
-  type ServiceBusPeer,
-} from './helpers/servicebus-peer.js';
+import { BATCH_MESSAGE_FORMAT, closedPort, startServiceBusPeer, type ServiceBusPeer } from './helpers/servicebus-peer.js';
 import { captureLogs } from './helpers/logs.js';
 
 const RUN_ID = '4f1c2a9e-8b7d-4c3e-9a1f-0d2e3b4c5a6f';
@@ -38,7 +33,6 @@ function workItems(count: number, runId = RUN_ID): WorkItemMessage[] {
     partitionCount: count,
   }));
 }
-
 
 // The Service Bus backend never touches the database; a value that fails loudly if it did.
 const noDb = new Proxy({} as Database, {
@@ -78,10 +72,7 @@ function assertExactlyOnce(peer: ServiceBusPeer, items: WorkItemMessage[]): void
   }
 }
 
-async function withPeer(
-  fn: (peer: ServiceBusPeer) => Promise<void>,
-  options?: Parameters<typeof startServiceBusPeer>[0],
-): Promise<void> {
+async function withPeer(fn: (peer: ServiceBusPeer) => Promise<void>, options?: Parameters<typeof startServiceBusPeer>[0]): Promise<void> {
   const peer = await startServiceBusPeer(options);
   try {
     await fn(peer);
@@ -212,8 +203,14 @@ describe('Service Bus queue (real SDK against the AMQP peer)', () => {
         assert.deepEqual(await queue.publish(items, progress), { published: 5000 });
         const [firstBatch, failed] = peer.deliveries;
         // Progress names exactly what each accepted batch held, the first attempt's included.
-        assert.deepEqual(reported.map((batch) => batch.length), peer.deliveries.filter((d) => d.outcome === 'accepted').map((d) => d.messages));
-        assert.deepEqual(reported[0], items.slice(0, firstBatch!.messages).map((i) => i.partitionId));
+        assert.deepEqual(
+          reported.map((batch) => batch.length),
+          peer.deliveries.filter((d) => d.outcome === 'accepted').map((d) => d.messages),
+        );
+        assert.deepEqual(
+          reported[0],
+          items.slice(0, firstBatch!.messages).map((i) => i.partitionId),
+        );
         assert.equal(firstBatch?.outcome, 'accepted');
         assert.equal(failed?.outcome, 'rejected');
         // Attempt 1 delivered its first batch; attempt 2 delivered everything once more. Service Bus
@@ -358,7 +355,10 @@ describe('local queue (PGlite)', () => {
     assert.deepEqual(head.body, first[0]);
     assert.deepEqual(head.applicationProperties, { runId: first[0]?.runId, partitionId: 'partition-1' });
     assert.ok(!Number.isNaN(Date.parse(head.enqueuedAt)), `enqueuedAt is a timestamp: ${head.enqueuedAt}`);
-    assert.deepEqual((await queue.peek(2)).map((p) => p.messageId), peeked.slice(0, 2).map((p) => p.messageId));
+    assert.deepEqual(
+      (await queue.peek(2)).map((p) => p.messageId),
+      peeked.slice(0, 2).map((p) => p.messageId),
+    );
     await queue.close();
   });
 

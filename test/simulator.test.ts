@@ -17,8 +17,8 @@ import {
   searchMatching,
   SHAPES,
   type Inventory,
-} from '../src/simulator/inventory.js';
-import { startSimulator, type Simulator } from '../src/simulator/server.js';
+} from '../tools/simulator/inventory.js';
+import { startSimulator, type Simulator } from '../tools/simulator/server.js';
 import { gql, tokenFor } from './helpers/simulator.js';
 
 const NOW = new Date('2026-02-12T19:00:00.000Z');
@@ -83,7 +83,8 @@ describe('inventory', () => {
     const between = DENSITY_BASELINE - binned - tail;
     assert.ok(between > 8000, `between bins: ${between}`);
     // $499.01–$499.99: in no bin, yet in {from: 499, to: 500}.
-    const gap = countMatching(realistic, { dollar_value: { from: 499, to: 500 } }) -
+    const gap =
+      countMatching(realistic, { dollar_value: { from: 499, to: 500 } }) -
       countMatching(realistic, { dollar_value: { from: 499, to: 499 } }) -
       countMatching(realistic, { dollar_value: { from: 500, to: 500 } });
     assert.ok(gap > 100, `stones priced $499.01-$499.99: ${gap}`);
@@ -175,7 +176,10 @@ describe('inventory', () => {
     assert.ok(countMatching(spikes, { dollar_value: { from: 1000, to: 1000 } }) > 50);
     const edges = generateInventory('cent-edges', { size: 10_000 });
     const endings = new Set(Array.from(edges.priceCents, (p) => p % 100));
-    assert.deepEqual([...endings].sort((a, b) => a - b), [0, 1, 99]);
+    assert.deepEqual(
+      [...endings].sort((a, b) => a - b),
+      [0, 1, 99],
+    );
     // $499.99 falls in neither {499..499} nor {500..500}, yet in {499..500}.
     const priced = (c: number) => edges.priceCents.filter((p) => p === c).length;
     const at = (from: number, to: number) => countMatching(edges, { dollar_value: { from, to } });
@@ -190,10 +194,17 @@ describe('inventory', () => {
     const all = searchMatching(inv, q, { offset: 0, limit: 1e9 });
     assert.equal(all.length, countMatching(inv, q));
     const created = all.map((i) => inv.createdMs[i]!);
-    assert.deepEqual(created, [...created].sort((a, b) => a - b), 'default order is createdAt ASC');
+    assert.deepEqual(
+      created,
+      [...created].sort((a, b) => a - b),
+      'default order is createdAt ASC',
+    );
     const bySize = searchMatching(inv, q, { offset: 10, limit: 20, order: { type: 'size', direction: 'DESC' } });
     const carats = bySize.map((i) => inv.carats[i]!);
-    assert.deepEqual(carats, [...carats].sort((a, b) => b - a));
+    assert.deepEqual(
+      carats,
+      [...carats].sort((a, b) => b - a),
+    );
     const page1 = searchMatching(inv, q, { offset: 0, limit: 30, order: { type: 'price', direction: 'ASC' } });
     const page2 = searchMatching(inv, q, { offset: 30, limit: 30, order: { type: 'price', direction: 'ASC' } });
     assert.equal(new Set([...page1, ...page2]).size, 60);
@@ -229,7 +240,10 @@ describe('simulator over HTTP', () => {
       assert.match(res.body.errors?.[0]?.message ?? '', message);
       assert.notEqual((res.body.data?.as as { diamonds_by_query_count?: number } | null)?.diamonds_by_query_count, 0);
     }
-    const badEnum = await gql(sim.url, `query { as(token: "${token}") { diamonds_by_query(query: {}, order: {type: cheapest, direction: ASC}) { total_count } } }`);
+    const badEnum = await gql(
+      sim.url,
+      `query { as(token: "${token}") { diamonds_by_query(query: {}, order: {type: cheapest, direction: ASC}) { total_count } } }`,
+    );
     assert.equal(badEnum.body.errors?.[0]?.extensions?.code, 'GRAPHQL_VALIDATION_FAILED');
     const notAnObject = await gql(sim.url, COUNT, 'oops' as unknown as Record<string, unknown>);
     assert.equal(notAnObject.status, 200);
@@ -239,7 +253,10 @@ describe('simulator over HTTP', () => {
   });
 
   it('refuses wrong credentials and unknown or expired tokens with UNAUTHENTICATED', async () => {
-    const wrong = await gql(sim.url, `query { authenticate { username_and_password(username: "${sim.username}", password: "nope") { token } } }`);
+    const wrong = await gql(
+      sim.url,
+      `query { authenticate { username_and_password(username: "${sim.username}", password: "nope") { token } } }`,
+    );
     assert.equal(wrong.body.errors?.[0]?.message, 'invalid credentials');
     assert.equal(wrong.body.errors?.[0]?.extensions?.code, 'UNAUTHENTICATED');
     const unknown = await gql(sim.url, COUNT, { t: 'not-a-token', q: {} });
@@ -259,7 +276,11 @@ describe('simulator over HTTP', () => {
         total_count items { id price diamond { id availability updated certificate { shape carats labgrown } } } } } }`,
       { t: token },
     );
-    const result = (res.body.data?.as as { diamonds_by_query: { items: { price: number; diamond: { updated: string; certificate: { carats: number } } }[] } }).diamonds_by_query;
+    const result = (
+      res.body.data?.as as {
+        diamonds_by_query: { items: { price: number; diamond: { updated: string; certificate: { carats: number } } }[] };
+      }
+    ).diamonds_by_query;
     assert.equal(result.items.length, 3);
     assert.ok(result.items.every((o) => o.price <= 60_000 && o.price >= 50_000));
     assert.ok(result.items[0]!.price >= result.items[2]!.price);
@@ -331,7 +352,7 @@ describe('simulator over HTTP', () => {
 
 describe('npm run simulator', () => {
   it('prints its URL and credentials and answers queries', async () => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/simulator/main.ts', '--port', '0', '--shape', 'one-stone'], {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'tools/simulator/main.ts', '--port', '0', '--shape', 'one-stone'], {
       cwd: new URL('..', import.meta.url),
       stdio: ['ignore', 'pipe', 'pipe'],
     });
@@ -351,10 +372,14 @@ describe('npm run simulator', () => {
       const username = /NIVODA_USERNAME=(\S+)/.exec(out)![1]!;
       const password = /NIVODA_PASSWORD=(\S+)/.exec(out)![1]!;
       assert.match(out, /listening on http:\/\/127\.0\.0\.1:\d+\/api\/diamonds/);
-      const auth = await gql(url, 'query($u: String!, $p: String!) { authenticate { username_and_password(username: $u, password: $p) { token } } }', {
-        u: username,
-        p: password,
-      });
+      const auth = await gql(
+        url,
+        'query($u: String!, $p: String!) { authenticate { username_and_password(username: $u, password: $p) { token } } }',
+        {
+          u: username,
+          p: password,
+        },
+      );
       const t = (auth.body.data?.authenticate as { username_and_password: { token: string } }).username_and_password.token;
       const res = await gql(url, COUNT, { t, q: {} });
       assert.deepEqual(res.body.data, { as: { diamonds_by_query_count: 1 } });

@@ -61,12 +61,15 @@ describe('parseWatermark', () => {
 
   for (const [name, text, problem] of MALFORMED) {
     it(`rejects ${name}`, () => {
-      assert.throws(() => parseWatermark(text, 'blob watermarks/nivoda.json'), (err: unknown) => {
-        assert.ok(err instanceof WatermarkFormatError);
-        assert.match(err.message, /^watermark at blob watermarks\/nivoda\.json is malformed: /);
-        assert.match(err.message, problem);
-        return true;
-      });
+      assert.throws(
+        () => parseWatermark(text, 'blob watermarks/nivoda.json'),
+        (err: unknown) => {
+          assert.ok(err instanceof WatermarkFormatError);
+          assert.match(err.message, /^watermark at blob watermarks\/nivoda\.json is malformed: /);
+          assert.match(err.message, problem);
+          return true;
+        },
+      );
     });
   }
 });
@@ -159,7 +162,12 @@ describe('blob watermark store (Azurite)', () => {
     await store.write(FULL);
     const seenByOperator = await store.read();
     // The consolidator advances the watermark through its own client between the operator's read and write.
-    const consolidator = BlobWatermarkStore.fromConfig({ backend: 'blob', connectionString: azurite.connectionString, container: container.containerName, blob: 'nivoda.json' });
+    const consolidator = BlobWatermarkStore.fromConfig({
+      backend: 'blob',
+      connectionString: azurite.connectionString,
+      container: container.containerName,
+      blob: 'nivoda.json',
+    });
     await consolidator.write(LATER, unchangedSince(await consolidator.read()));
     await assert.rejects(store.write(OPERATOR, unchangedSince(seenByOperator)), WatermarkConflictError);
     assert.deepEqual((await store.read())?.watermark, LATER);
@@ -246,7 +254,12 @@ describe('blob watermark store (Azurite)', () => {
   });
 
   it('openWatermarkStore picks the blob backend from the configuration', async () => {
-    const store: WatermarkStore = openWatermarkStore({ backend: 'blob', connectionString: azurite.connectionString, container: 'wm-factory', blob: 'nivoda.json' });
+    const store: WatermarkStore = openWatermarkStore({
+      backend: 'blob',
+      connectionString: azurite.connectionString,
+      container: 'wm-factory',
+      blob: 'nivoda.json',
+    });
     assert.ok(store instanceof BlobWatermarkStore);
     assert.equal(store.location, 'blob wm-factory/nivoda.json');
     await store.write(FULL);
@@ -373,7 +386,10 @@ describe('file watermark store', () => {
     try {
       for (let n = 1; n <= 300; n++) {
         // Sizes vary from write to write, so a truncate-then-write writer would be caught.
-        await store.write({ lastUpdatedAt: new Date(Date.UTC(2024, 0, 1, 0, n)).toISOString(), lastRunId: `run-${n}-${'x'.repeat(n % 97)}` });
+        await store.write({
+          lastUpdatedAt: new Date(Date.UTC(2024, 0, 1, 0, n)).toISOString(),
+          lastRunId: `run-${n}-${'x'.repeat(n % 97)}`,
+        });
       }
     } finally {
       Atomics.store(stop, 0, 1);

@@ -145,9 +145,7 @@ export async function markFailed(db: Database, runId: string, error: string): Pr
 
 /** The last runs, newest first. */
 export async function listRuns(db: Queryable, limit: number): Promise<RunRecord[]> {
-  const rows = await db.query(`SELECT ${RUN_COLUMNS} FROM run_metadata ORDER BY started_at DESC, run_id DESC LIMIT $1`, [
-    limit,
-  ]);
+  const rows = await db.query(`SELECT ${RUN_COLUMNS} FROM run_metadata ORDER BY started_at DESC, run_id DESC LIMIT $1`, [limit]);
   return rows.map(toRunRecord);
 }
 
@@ -242,7 +240,6 @@ function toRunRecord(row: Row): RunRecord {
     error: row.error === null || row.error === undefined ? null : String(row.error),
   };
 }
-
 
 async function whyNotScheduling(tx: Queryable, runId: string): Promise<string> {
   const rows = await tx.query('SELECT status FROM run_metadata WHERE run_id = $1', [runId]);

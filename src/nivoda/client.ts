@@ -145,11 +145,7 @@ interface GraphQLResponse {
   errors?: { message?: unknown; extensions?: { code?: unknown } }[];
 }
 
-export function createNivodaClient(
-  options: Config['nivoda'],
-  logger: Logger,
-  tuning: NivodaClientTuning = {},
-): NivodaClient {
+export function createNivodaClient(options: Config['nivoda'], logger: Logger, tuning: NivodaClientTuning = {}): NivodaClient {
   const endpoint = checkEndpoint(options.endpoint);
   registerSecret(options.password);
   const log = logger.child({ component: 'nivoda' });
@@ -239,7 +235,10 @@ export function createNivodaClient(
       if (op === 'authentication') throw new NivodaAuthenticationError(scrub(message));
       if (codes.includes('UNAUTHENTICATED')) throw new TokenRejected(message);
       if (codes.some((c) => TRANSIENT_GRAPHQL_CODES.has(c))) throw new TransientError(message);
-      throw new NivodaGraphQLError(message, codes.filter((c) => c !== ''));
+      throw new NivodaGraphQLError(
+        message,
+        codes.filter((c) => c !== ''),
+      );
     }
     return parsed;
   }
@@ -257,7 +256,8 @@ export function createNivodaClient(
         const delay = Math.max(Math.random() * step, err.retryAfterMs ?? 0);
         const elapsed = performance.now() - started;
         if (attempt >= options.maxAttempts || elapsed + delay > options.retryBudgetMs) {
-          const why = attempt >= options.maxAttempts ? `${attempt} attempts` : `${attempt} attempts (retry budget ${options.retryBudgetMs} ms spent)`;
+          const why =
+            attempt >= options.maxAttempts ? `${attempt} attempts` : `${attempt} attempts (retry budget ${options.retryBudgetMs} ms spent)`;
           throw new TransientError(`${err.message} (gave up after ${why})`, { cause: err, retryAfterMs: err.retryAfterMs });
         }
         stats.retries++;
@@ -321,7 +321,9 @@ export function createNivodaClient(
       return await send(op, { ...variables, token: second }, document, signal);
     } catch (err) {
       if (err instanceof TokenRejected) {
-        throw new NivodaAuthenticationError(`Nivoda ${op} failed: token refused again right after re-authenticating (${scrub(err.message)})`);
+        throw new NivodaAuthenticationError(
+          `Nivoda ${op} failed: token refused again right after re-authenticating (${scrub(err.message)})`,
+        );
       }
       throw wrap(op, err);
     }
@@ -364,7 +366,12 @@ export function createNivodaClient(
       await abortable(currentToken(), signal);
     },
 
-    stats: () => ({ ...stats, waitMs: Math.round(stats.waitMs), rateLimitWaitMs: Math.round(stats.rateLimitWaitMs), backoffMs: Math.round(stats.backoffMs) }),
+    stats: () => ({
+      ...stats,
+      waitMs: Math.round(stats.waitMs),
+      rateLimitWaitMs: Math.round(stats.rateLimitWaitMs),
+      backoffMs: Math.round(stats.backoffMs),
+    }),
   };
 }
 

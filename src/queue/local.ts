@@ -58,10 +58,7 @@ export class LocalQueue implements LocalWorkItemQueue {
       }
       return count;
     });
-    this.logger.info(
-      { published: items.length, inserted, duplicates: items.length - inserted },
-      'work items queued locally',
-    );
+    this.logger.info({ published: items.length, inserted, duplicates: items.length - inserted }, 'work items queued locally');
     await progress?.onSent(items);
     return { published: items.length };
   }

@@ -22,17 +22,10 @@ export interface ServiceBusSdkRetryOptions {
   timeoutInMs?: number;
 }
 
-export type ServiceBusTarget =
-  | { connectionString: string; queueName: string }
-  | { namespace: string; queueName: string };
+export type ServiceBusTarget = { connectionString: string; queueName: string } | { namespace: string; queueName: string };
 
 /** Codes a retry cannot fix: a missing or disabled queue, a full namespace, an oversized message. */
-const PERMANENT_CODES = new Set([
-  'MessagingEntityNotFound',
-  'MessagingEntityDisabled',
-  'QuotaExceeded',
-  'MessageSizeExceeded',
-]);
+const PERMANENT_CODES = new Set(['MessagingEntityNotFound', 'MessagingEntityDisabled', 'QuotaExceeded', 'MessageSizeExceeded']);
 
 const DEFAULT_SDK_RETRY: Required<ServiceBusSdkRetryOptions> = { maxRetries: 2, retryDelayInMs: 500, timeoutInMs: 30_000 };
 
@@ -46,10 +39,7 @@ export class ServiceBusQueue implements WorkItemQueue {
   private readonly minTimeoutMs: number;
   private readonly maxTimeoutMs: number;
 
-  constructor(
-    target: ServiceBusTarget,
-    deps: { logger: Logger; retry?: RetryPolicy; serviceBus?: ServiceBusSdkRetryOptions },
-  ) {
+  constructor(target: ServiceBusTarget, deps: { logger: Logger; retry?: RetryPolicy; serviceBus?: ServiceBusSdkRetryOptions }) {
     this.queueName = target.queueName;
     this.logger = deps.logger.child({ queue: target.queueName, backend: 'servicebus' });
     this.retries = deps.retry?.retries ?? 3;

@@ -60,7 +60,9 @@ export class BlobWatermarkStore implements WatermarkStore {
       try {
         service = BlobServiceClient.fromConnectionString(config.connectionString, clientOptions);
       } catch (err) {
-        throw new ConfigError([`AZURE_STORAGE_CONNECTION_STRING is not a usable storage connection string: ${scrub(toError(err).message)}`]);
+        throw new ConfigError([
+          `AZURE_STORAGE_CONNECTION_STRING is not a usable storage connection string: ${scrub(toError(err).message)}`,
+        ]);
       }
     } else if (config.accountUrl) {
       service = new BlobServiceClient(config.accountUrl, new DefaultAzureCredential(), clientOptions);
@@ -200,8 +202,7 @@ function azureFailure(operation: string, location: string, thrown: unknown): Err
   const head = [status, code].filter((part) => part !== undefined).join(' ') || err.name;
   const message = scrub(`watermark ${location}: ${head} while ${operation}${firstLine ? ` (${firstLine})` : ''}`);
   const credentialProblem = /Credential|Authentication/.test(err.name);
-  const transient =
-    status === undefined ? !credentialProblem : status === 408 || status === 429 || status >= 500;
+  const transient = status === undefined ? !credentialProblem : status === 408 || status === 429 || status >= 500;
   return transient ? new TransientError(message) : new PermanentError(message);
 }
 
@@ -218,7 +219,8 @@ async function readAll(stream: NodeJS.ReadableStream | undefined, location: stri
     const buffer = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
     size += buffer.length;
     // contentLength may be absent (chunked transfer): enforce the limit while reading too.
-    if (size > MAX_WATERMARK_BYTES) throw new WatermarkFormatError(location, `the blob exceeds ${MAX_WATERMARK_BYTES} bytes, far too large for a watermark`);
+    if (size > MAX_WATERMARK_BYTES)
+      throw new WatermarkFormatError(location, `the blob exceeds ${MAX_WATERMARK_BYTES} bytes, far too large for a watermark`);
     chunks.push(buffer);
   }
   return Buffer.concat(chunks);

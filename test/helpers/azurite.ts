@@ -27,7 +27,16 @@ const BIN = fileURLToPath(new URL('../../node_modules/.bin/azurite-blob', import
 
 export async function startAzurite(options: StartAzuriteOptions = {}): Promise<Azurite> {
   if (!existsSync(BIN)) throw new Error(`azurite is not installed (${BIN} is missing): run npm ci`);
-  const args = ['--blobHost', '127.0.0.1', '--blobPort', '0', '--inMemoryPersistence', '--disableTelemetry', '--skipApiVersionCheck', '--silent'];
+  const args = [
+    '--blobHost',
+    '127.0.0.1',
+    '--blobPort',
+    '0',
+    '--inMemoryPersistence',
+    '--disableTelemetry',
+    '--skipApiVersionCheck',
+    '--silent',
+  ];
   // Piped, not inherited: an orphaned child must not hold the test runner's stdout open.
   const child = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
 

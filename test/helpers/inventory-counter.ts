@@ -71,7 +71,7 @@ export function workerRule(partitions: readonly Partition[], priceCents: ArrayLi
 }
 
 /** Deterministic PRNG, the simulator's, so generated inventories are reproducible. */
-export { mulberry32 as seededRandom } from '../../src/simulator/inventory.js';
+export { mulberry32 as seededRandom } from '../../tools/simulator/inventory.js';
 
 /** CONTRACT §2 shape: ids, integer contiguous non-empty ranges tiling [0, PRICE_AXIS_END). */
 export function assertTiles(partitions: readonly Partition[]): void {
@@ -86,4 +86,3 @@ export function assertTiles(partitions: readonly Partition[]): void {
   });
   if (partitions.length > 0) assert.equal(next, PRICE_AXIS_END);
 }
-

@@ -24,7 +24,9 @@ async function untilReleaseRequested(): Promise<void> {
 }
 
 /** Prints the outcome as a JSON line; when acquired, holds the lock until the parent asks for release. */
-async function holdOrReport(result: { acquired: true; holder: string; since: string; release(): Promise<void> } | { acquired: false }): Promise<void> {
+async function holdOrReport(
+  result: { acquired: true; holder: string; since: string; release(): Promise<void> } | { acquired: false },
+): Promise<void> {
   if (!result.acquired) return print(result);
   print({ acquired: true, holder: result.holder, since: result.since, pid: process.pid });
   await untilReleaseRequested();

@@ -28,6 +28,10 @@ export function captureLogs(options: { scrubbed?: boolean } = {}): CapturedLogs 
     options.scrubbed === false
       ? pino({ level: 'trace', base: undefined }, destination)
       : createLogger({ level: 'trace', destination, pretty: false });
-  const lines = () => chunks.join('').split('\n').filter((line) => line.trim() !== '');
+  const lines = () =>
+    chunks
+      .join('')
+      .split('\n')
+      .filter((line) => line.trim() !== '');
   return { logger, lines, records: () => lines().map((line) => JSON.parse(line) as Record<string, unknown>) };
 }

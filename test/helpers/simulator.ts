@@ -1,7 +1,7 @@
 // Shared by the simulator and client tests: raw GraphQL calls to a running simulator, a
 // client configuration pointing at it, and a logger whose lines are captured.
 import type { Config } from '../../src/config.js';
-import type { Simulator } from '../../src/simulator/server.js';
+import type { Simulator } from '../../tools/simulator/server.js';
 
 export interface RawResponse {
   status: number;
@@ -45,4 +45,3 @@ export function clientConfig(sim: Simulator, overrides: Partial<Config['nivoda']
     ...overrides,
   };
 }
-

@@ -3,17 +3,10 @@
 // price bounds plus one tight loop (a few ms), and filtering follows the contract's
 // semantics exactly (contract/nivoda.graphql, top of file). The heatmap and partition
 // tests rely on these counts being *exact*, so every rule below is deliberate.
-import type { DiamondQuery } from '../nivoda/query.js';
+import type { DiamondQuery } from '../../src/nivoda/query.js';
 
 export type InventoryShape = 'realistic' | 'empty' | 'one-stone' | 'point-mass' | 'dollar-spikes' | 'cent-edges';
-export const INVENTORY_SHAPES: readonly InventoryShape[] = [
-  'realistic',
-  'empty',
-  'one-stone',
-  'point-mass',
-  'dollar-spikes',
-  'cent-edges',
-];
+export const INVENTORY_SHAPES: readonly InventoryShape[] = ['realistic', 'empty', 'one-stone', 'point-mass', 'dollar-spikes', 'cent-edges'];
 
 export const SHAPES = ['ROUND', 'OVAL', 'EMERALD', 'CUSHION', 'PEAR', 'PRINCESS', 'RADIANT', 'MARQUISE', 'ASSCHER', 'HEART'] as const;
 const SHAPE_WEIGHTS = [45, 12, 8, 7, 7, 6, 6, 3, 3, 3];
@@ -103,6 +96,7 @@ function weighted(rand: () => number, weights: readonly number[]): number {
 // priced between bins ($499.01-$499.99) or above the last bin.
 
 export const DENSITY_BASELINE = 437849;
+// prettier-ignore
 export const DENSITY_BINS: readonly (readonly [number, number, number])[] = [[0,499,100451],[500,999,90198],[1000,1499,48195],[1500,1999,37391],[2000,2499,25684],[2500,2999,18940],[3000,3499,13959],[3500,3999,10695],[4000,4499,8485],[4500,4999,6845],[5000,5499,5712],[5500,5999,4866],[6000,6499,4345],[6500,6999,3714],[7000,7499,3287],[7500,7999,2723],[8000,8499,2485],[8500,8999,2190],[9000,9499,2108],[9500,9999,1864],[10000,10499,1831],[10500,10999,1565],[11000,11499,1462],[11500,11999,1275],[12000,12499,1263],[12500,12999,1074],[13000,13499,1043],[13500,13999,946],[14000,14499,905],[14500,14999,865],[15000,15499,892],[15500,15999,793],[16000,16499,680],[16500,16999,642],[17000,17499,642],[17500,17999,617],[18000,18499,599],[18500,18999,561],[19000,19499,543],[19500,19999,513],[20000,24999,3945],[25000,29999,2790],[30000,34999,1889],[35000,39999,1440],[40000,44999,1104],[45000,49999,824],[50000,59999,1074],[60000,69999,691],[70000,79999,445],[80000,89999,351],[90000,99999,247],[100000,124999,483],[125000,149999,258],[150000,174999,189],[175000,199999,90],[200000,224999,66],[225000,249999,37]];
 
 interface Bin {
@@ -468,8 +462,16 @@ function compile(inv: Inventory, query: DiamondQuery): Compiled {
   const hideMemo = q.hide_memo === true;
   const noFairPoor = q.excludeFairPoorCuts === true;
   const trivial =
-    !useDpc && !useUpdated && !useSizes && shapeMask === -1 && availabilityMask === -1 && lab === -1 &&
-    !needImage && !needV360 && !hideMemo && !noFairPoor;
+    !useDpc &&
+    !useUpdated &&
+    !useSizes &&
+    shapeMask === -1 &&
+    availabilityMask === -1 &&
+    lab === -1 &&
+    !needImage &&
+    !needV360 &&
+    !hideMemo &&
+    !noFairPoor;
 
   // One closure with flags rather than a list of small ones: the count loop stays a few ms.
   const test = (i: number): boolean => {

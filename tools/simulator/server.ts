@@ -8,17 +8,8 @@ import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
-import {
-  buildSchema,
-  execute,
-  GraphQLError,
-  parse,
-  validate,
-  type DocumentNode,
-  type ExecutionResult,
-  type GraphQLSchema,
-} from 'graphql';
-import type { DiamondQuery } from '../nivoda/query.js';
+import { buildSchema, execute, GraphQLError, parse, validate, type DocumentNode, type ExecutionResult, type GraphQLSchema } from 'graphql';
+import type { DiamondQuery } from '../../src/nivoda/query.js';
 import {
   AVAILABILITIES,
   CLARITIES,
@@ -122,9 +113,7 @@ const DEFAULT_PASSWORD = 'simulator-password-42';
 let schemaCache: GraphQLSchema | undefined;
 /** The contract, loaded from the repo's copy (../../contract from src/ or dist/). */
 export function contractSchema(): GraphQLSchema {
-  schemaCache ??= buildSchema(
-    readFileSync(fileURLToPath(new URL('../../contract/nivoda.graphql', import.meta.url)), 'utf8'),
-  );
+  schemaCache ??= buildSchema(readFileSync(fileURLToPath(new URL('../../contract/nivoda.graphql', import.meta.url)), 'utf8'));
   return schemaCache;
 }
 
@@ -145,8 +134,7 @@ interface Knobs {
 export async function startSimulator(options: SimulatorOptions = {}): Promise<Simulator> {
   const schema = contractSchema();
   const inventory =
-    options.inventory ??
-    generateInventory(options.shape ?? 'realistic', { seed: options.seed, size: options.size, now: options.now });
+    options.inventory ?? generateInventory(options.shape ?? 'realistic', { seed: options.seed, size: options.size, now: options.now });
   const username = options.username ?? DEFAULT_USERNAME;
   const password = options.password ?? DEFAULT_PASSWORD;
   const knobs: Knobs = {
@@ -295,9 +283,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     if (result.errors) {
       // Variable coercion errors (unknown input field, Int out of range) come before execution,
       // without a path or a code; an error with a path and no code is a resolver bug.
-      const coded = result.errors.map((e) =>
-        e.extensions.code ? e : withCode(e, e.path ? 'INTERNAL_SERVER_ERROR' : 'BAD_USER_INPUT'),
-      );
+      const coded = result.errors.map((e) => (e.extensions.code ? e : withCode(e, e.path ? 'INTERNAL_SERVER_ERROR' : 'BAD_USER_INPUT')));
       return { ...result, errors: coded };
     }
     return result;
@@ -356,7 +342,12 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     }
     if (fault?.kind === 'graphql-error') {
       counters.graphqlErrors++;
-      later(knobs.latencyMs, () => sendJson(res, 200, { errors: [{ message: fault.message, extensions: { code: fault.code ?? 'INTERNAL_SERVER_ERROR' } }], data: null }));
+      later(knobs.latencyMs, () =>
+        sendJson(res, 200, {
+          errors: [{ message: fault.message, extensions: { code: fault.code ?? 'INTERNAL_SERVER_ERROR' } }],
+          data: null,
+        }),
+      );
       return;
     }
     recentAccepted = recentAccepted.filter((t) => t > arrivedAt - 1000);
