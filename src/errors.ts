@@ -1,5 +1,7 @@
-// A few typed errors decide retries and exit codes in one place (index.ts), instead of
-// string matching scattered over the code.
+// The error vocabulary: a few typed errors decide retries (retry.ts) and exit codes
+// (index.ts), instead of string matching scattered over the code. Adapters translate what
+// their SDK throws into these at their boundary; isTransient() is the one verdict on
+// whether trying again can help.
 
 /** Bad configuration or usage: exit 2. `problems` lists every problem found, not just the first. */
 export class ConfigError extends Error {
@@ -56,4 +58,42 @@ export class WatermarkConflictError extends PermanentError {
   ) {
     super(`conflicting update of the watermark at ${location}, nothing written: ${problem}`);
   }
+}
+
+/** Bad credentials (or an authentication the server refuses): no retry can fix it. */
+export class NivodaAuthenticationError extends PermanentError {
+  override readonly name = 'NivodaAuthenticationError';
+}
+
+/** The Nivoda server answered with GraphQL `errors` (validation, bad input, execution). */
+export class NivodaGraphQLError extends PermanentError {
+  override readonly name = 'NivodaGraphQLError';
+  constructor(
+    message: string,
+    readonly codes: string[],
+  ) {
+    super(message);
+  }
+}
+
+/** Socket-level failures: the peer went away or could not be reached for a moment. */
+const TRANSIENT_SYSTEM_CODES = new Set(['ECONNRESET', 'ECONNREFUSED', 'ETIMEDOUT', 'EPIPE', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
+
+/**
+ * PostgreSQL SQLSTATEs a retry can outlive: connection exceptions (class 08), the server
+ * shutting down or restarting (57P01–57P03), serialization failures and deadlocks, too many
+ * connections.
+ */
+const TRANSIENT_SQLSTATE = /^(08...|57P0[123]|40001|40P01|53300)$/;
+
+/** Whether trying the same thing again may succeed. Unknown errors are not retried. */
+export function isTransient(thrown: unknown): boolean {
+  if (thrown instanceof AggregateError && thrown.errors.length > 0) return isTransient(thrown.errors.at(-1));
+  if (thrown instanceof TransientError) return true;
+  if (thrown instanceof PermanentError || thrown instanceof ConfigError) return false;
+  if (!(thrown instanceof Error)) return false;
+  const code = (thrown as { code?: unknown }).code;
+  if (typeof code === 'string' && (TRANSIENT_SYSTEM_CODES.has(code) || TRANSIENT_SQLSTATE.test(code))) return true;
+  // pg reports a connection dropped mid-query without a code.
+  return /Connection terminated|connection timeout|timeout exceeded when trying to connect/i.test(thrown.message);
 }
