@@ -16,7 +16,7 @@ import { diamondQuery } from '../src/nivoda/query.js';
 import { partitionCount } from '../src/partitioner.js';
 import { plan, resolveWindow, type Plan } from '../src/scheduler.js';
 import { startSimulator, type Simulator } from '../tools/simulator/server.js';
-import { openWatermarkStore } from '../src/watermark.js';
+import { openWatermarkStore } from '../src/watermark/open.js';
 
 const LATENCY_MS = Number(process.env.BENCH_LATENCY_MS ?? 100);
 const SERVER_RPS = Number(process.env.BENCH_SERVER_RPS ?? 25);
@@ -82,7 +82,7 @@ function measure(run: string, strategy: string, planned: Plan, sim: Simulator, r
 async function equalWidthPlan(config: Config, full: boolean): Promise<{ planned: Plan; requests: number; seconds: number }> {
   const logger = createLogger({ level: 'silent' });
   const client = createNivodaClient(config.nivoda, logger);
-  const watermarks = openWatermarkStore(config.watermark);
+  const watermarks = await openWatermarkStore(config.watermark);
   const started = performance.now();
   const { runType, window, watermark } = await resolveWindow({ config, watermarks }, { full });
   const total = await client.count(diamondQuery({ baseQuery: {}, priceField: config.nivoda.priceField, window }));
@@ -130,7 +130,7 @@ async function main(): Promise<void> {
         SCHEDULER_DATA_DIR: dataDir,
       };
       if (run === 'incremental') {
-        const store = openWatermarkStore({ backend: 'file', path: watermarkPath });
+        const store = await openWatermarkStore({ backend: 'file', path: watermarkPath });
         const current = await store.read();
         await store.write(
           { lastUpdatedAt: new Date(sim.inventory.nowMs - 24 * 3600_000).toISOString(), lastRunId: 'bench' },
@@ -140,7 +140,7 @@ async function main(): Promise<void> {
       for (const strategy of ['quantile', 'seed'] as HeatmapStrategy[]) {
         const config = loadConfig({ ...env, HEATMAP_STRATEGY: strategy });
         const client = createNivodaClient(config.nivoda, createLogger({ level: 'silent' }));
-        const watermarks = openWatermarkStore(config.watermark);
+        const watermarks = await openWatermarkStore(config.watermark);
         const started = performance.now();
         const planned = await plan(
           { config, nivoda: client, watermarks, logger: createLogger({ level: 'silent' }) },

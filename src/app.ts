@@ -1,15 +1,19 @@
-// Opens the configured backends (the one place that chooses them from the config) and
-// holds the single-instance lock around a run. Every command goes through here.
+// Opens the configured backends (the one place that goes from the configuration to the
+// ports: database, queue, watermark store; each port's open.ts picks the backend) and holds
+// the single-instance lock around a run. Every command opens what it needs through here.
 import os from 'node:os';
 import type { BaseConfig } from './config.js';
 import type { Database } from './db/database.js';
 import { migrate } from './db/migrate.js';
 import { openDatabase } from './db/open.js';
 import { ConfigError, PermanentError, toError } from './errors.js';
-import { acquireFileLock, acquireLock, embeddedLockFile, type FileLockHandle } from './lock.js';
+import { acquireLock } from './lease.js';
+import { acquireFileLock, embeddedLockFile, type FileLockHandle } from './lock-file.js';
 import { scrub, type Logger } from './log.js';
-import { openQueue, type WorkItemQueue } from './queue/queue.js';
-import { openWatermarkStore, type WatermarkStore } from './watermark.js';
+import { openQueue } from './queue/open.js';
+import type { WorkItemQueue } from './queue/queue.js';
+import type { WatermarkStore } from './watermark.js';
+import { openWatermarkStore } from './watermark/open.js';
 
 export interface Resources {
   config: BaseConfig;
@@ -44,9 +48,14 @@ export const CLI_HOLDER = 'cli';
 
 export const holderName = (runId: string) => `${os.hostname()}:${process.pid}:${runId}`;
 
-/** Opens every backend (the database migrated); commands that need only the watermark use openWatermarkStore. */
+/** The watermark store alone: for the commands that need nothing else (`plan`, `watermark …`). */
+export function openWatermarks(config: BaseConfig): Promise<WatermarkStore> {
+  return openWatermarkStore(config.watermark);
+}
+
+/** Opens every backend (the database migrated). */
 export async function openResources(config: BaseConfig, logger: Logger, options: { holder?: string } = {}): Promise<Resources> {
-  const watermarks = openWatermarkStore(config.watermark);
+  const watermarks = await openWatermarks(config);
 
   let embeddedLock: FileLockHandle | null = null;
   if (config.database.backend === 'pglite') {
@@ -62,7 +71,7 @@ export async function openResources(config: BaseConfig, logger: Logger, options:
     db = await openDatabase(config.database, { logger });
     const { applied } = await migrate(db);
     if (applied.length > 0) logger.info({ applied }, 'applied database migrations');
-    const queue = openQueueOrExplain(config, db, logger);
+    const queue = await openQueueOrExplain(config, db, logger);
     const opened = db;
     return {
       config,
@@ -90,11 +99,11 @@ export async function openResources(config: BaseConfig, logger: Logger, options:
 }
 
 /** A connection string the SDK cannot parse is a configuration problem (exit 2), not a failed run. */
-function openQueueOrExplain(config: BaseConfig, db: Database, logger: Logger): WorkItemQueue {
+async function openQueueOrExplain(config: BaseConfig, db: Database, logger: Logger): Promise<WorkItemQueue> {
   try {
-    return openQueue(config.queue, { db, logger });
+    return await openQueue(config.queue, { db, logger });
   } catch (err) {
-    if (config.queue.backend !== 'servicebus' || err instanceof PermanentError) throw err;
+    if (config.queue.backend !== 'servicebus' || err instanceof PermanentError || err instanceof ConfigError) throw err;
     const name = config.queue.connectionString ? 'AZURE_SERVICE_BUS_CONNECTION_STRING' : 'AZURE_SERVICE_BUS_NAMESPACE';
     throw new ConfigError([`${name} is not usable: ${scrub(toError(err).message)}`]);
   }

@@ -134,6 +134,10 @@ export interface BaseConfig {
   logLevel: z.infer<typeof envSchema>['LOG_LEVEL'];
 }
 
+export type DatabaseConfig = BaseConfig['database'];
+export type QueueConfig = BaseConfig['queue'];
+export type WatermarkConfig = BaseConfig['watermark'];
+
 /** The configuration of the commands that talk to Nivoda (run, plan). */
 export interface Config extends BaseConfig {
   nivoda: NivodaConfig;

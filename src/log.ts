@@ -1,6 +1,8 @@
-// One logger for the process: JSON lines on stderr (stdout is reserved for a command's own
+// The process's logger: JSON lines on stderr (stdout is reserved for a command's own
 // output), readable when stderr is a terminal, and scrubbed of secrets as the very last
 // step before a line is written, so a secret inside an error message or a URL is caught too.
+// It is built by the command line once the configuration is validated (its level is part
+// of it); nothing here reads the environment.
 import type { Writable } from 'node:stream';
 import { pino, type Logger } from 'pino';
 import pretty from 'pino-pretty';
@@ -59,6 +61,7 @@ export function scrub(text: string): string {
 }
 
 export interface LoggerOptions {
+  /** A pino level; validated with the rest of the configuration (LOG_LEVEL). Default info. */
   level?: string;
   /** Where lines go; default stderr. Tests pass a stream to capture them. */
   destination?: Writable;
@@ -67,7 +70,7 @@ export interface LoggerOptions {
 }
 
 export function createLogger(options: LoggerOptions = {}): Logger {
-  const level = options.level ?? process.env.LOG_LEVEL ?? 'info';
+  const level = options.level ?? 'info';
   const usePretty = options.pretty ?? (options.destination === undefined && process.stderr.isTTY === true);
   const destination =
     options.destination ??
@@ -88,6 +91,3 @@ export function createLogger(options: LoggerOptions = {}): Logger {
     destination,
   );
 }
-
-/** The process-wide logger; a run takes a child of it carrying its runId. */
-export const log = createLogger();

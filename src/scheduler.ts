@@ -1,7 +1,6 @@
 // One run, in the order of CONTRACT §1: watermark → window → scan → partition → record →
 // publish. The single-instance lock is taken by the caller (app.ts) before any of this.
 import { randomUUID } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config } from './config.js';
 import type { Database } from './db/database.js';
 import {
@@ -12,6 +11,7 @@ import {
   markPublished,
   rawTableHasRows,
   recordRun,
+  RunStateError,
   unfinishedRuns,
 } from './db/runs.js';
 import type { Partition, PriceField, RunType, UpdatedWindow, Watermark, WorkItemMessage } from './domain.js';
@@ -22,6 +22,7 @@ import type { NivodaClient } from './nivoda/client.js';
 import { diamondQuery, type QueryScope } from './nivoda/query.js';
 import { planPartitions, type PartitionRules } from './partitioner.js';
 import type { WorkItemQueue } from './queue/queue.js';
+import { withRetry } from './retry.js';
 import type { WatermarkStore } from './watermark.js';
 
 /** What `plan --json` prints (CONTRACT §7) and what a run records and publishes. */
@@ -202,7 +203,7 @@ export async function run(deps: RunDeps, options: RunOptions = {}): Promise<RunO
   );
   logger.info({ runType: planned.runType, partitions: planned.partitions.length, emptiedRawTable: full }, 'run recorded');
 
-  let published = 0;
+  let published: number;
   try {
     assertStillLocked(options.signal);
     const progress = {
@@ -221,7 +222,7 @@ export async function run(deps: RunDeps, options: RunOptions = {}): Promise<RunO
       logger.error({ err: toError(markError) }, 'could not record the run as failed'),
     );
     const emptied = full ? '; raw_diamonds_nivoda was already emptied, so run `run --full --force` once the queue is back' : '';
-    throw new Error(`publishing the work items of run ${runId} failed: ${error.message}${emptied}`, { cause: error });
+    throw new Error(`publishing the work items of run ${runId} failed: ${error.message}${emptied}`, { cause: thrown });
   }
   await markPublishedPatiently(db, runId, logger);
   logger.info({ published, queue: queue.kind }, 'run published');
@@ -233,17 +234,17 @@ export async function run(deps: RunDeps, options: RunOptions = {}): Promise<RunO
  * failed one, so the status update is retried before the run gives up with a precise message.
  */
 async function markPublishedPatiently(db: Database, runId: string, logger: Logger): Promise<void> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await markPublished(db, runId);
-    } catch (err) {
-      if (attempt >= 3) {
-        throw new Error(`every work item of run ${runId} was published, but recording it failed: ${toError(err).message}`, { cause: err });
-      }
-      logger.warn({ err: toError(err), attempt }, 'recording the run as published failed, retrying');
-      await sleep(1000 * attempt);
-    }
-  }
+  await withRetry(() => markPublished(db, runId), {
+    attempts: 3,
+    baseDelayMs: 1000,
+    maxDelayMs: 2000,
+    jitter: 'none',
+    // A database hiccup is what this is for; a run in another state is an answer, not a hiccup.
+    retryable: (err) => !(err instanceof RunStateError),
+    onRetry: ({ attempt, error }) => logger.warn({ err: toError(error), attempt }, 'recording the run as published failed, retrying'),
+    onGiveUp: (err) =>
+      new Error(`every work item of run ${runId} was published, but recording it failed: ${toError(err).message}`, { cause: err }),
+  });
 }
 
 /** A full run empties the raw table: not while workers of an earlier run may still be writing to it. */

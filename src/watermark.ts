@@ -2,15 +2,11 @@
 // means "full run", so a damaged one must never be mistaken for a missing one (a full run
 // empties the raw table): every read goes through the one parser below, which either
 // returns a valid document or throws WatermarkFormatError naming the store and the problem.
-//
-// The stores import the parser from this module while the factory here imports the stores.
-// That import cycle is safe because neither side uses the other at module top level.
+// The backends (watermark/blob-store.ts, watermark/file-store.ts) use the parser and the
+// interface below; watermark/open.ts chooses one.
 import { z } from 'zod';
-import type { Config } from './config.js';
 import type { Watermark } from './domain.js';
 import { PermanentError, WatermarkFormatError } from './errors.js';
-import { BlobWatermarkStore } from './watermark/blob-store.js';
-import { FileWatermarkStore } from './watermark/file-store.js';
 
 export type { Watermark };
 
@@ -127,11 +123,6 @@ export function checkConditions(conditions: WriteConditions | undefined): void {
     throw new TypeError('give at most one of ifMatch and ifNoneMatch');
   }
   if (conditions?.ifMatch === '') throw new TypeError('ifMatch must be a non-empty etag');
-}
-
-/** Opens the backend the configuration names: Azure Blob, or the local file under SCHEDULER_DATA_DIR. */
-export function openWatermarkStore(config: Config['watermark']): WatermarkStore {
-  return config.backend === 'blob' ? BlobWatermarkStore.fromConfig(config) : new FileWatermarkStore(config.path);
 }
 
 function show(value: unknown): string {

@@ -8,7 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import { BlobServiceClient } from '@azure/storage-blob';
 import pg from 'pg';
 import { PRICE_AXIS_END, type WorkItemMessage } from '../src/domain.js';
-import { acquireLock } from '../src/lock.js';
+import { acquireLock } from '../src/lease.js';
 import { createLogger } from '../src/log.js';
 import { startSimulator, type Simulator } from '../tools/simulator/server.js';
 import { startAzurite, type Azurite } from './helpers/azurite.js';

@@ -25,7 +25,7 @@ import {
   type NewRun,
 } from '../src/db/runs.js';
 import type { Partition } from '../src/domain.js';
-import { acquireLock } from '../src/lock.js';
+import { acquireLock } from '../src/lease.js';
 import { createLogger } from '../src/log.js';
 import pg from 'pg';
 import { createTestDatabase, type TestDatabase } from './helpers/postgres.js';

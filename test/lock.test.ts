@@ -14,7 +14,8 @@ import { fileURLToPath } from 'node:url';
 import type { Database } from '../src/db/database.js';
 import { migrate } from '../src/db/migrate.js';
 import { openDatabase } from '../src/db/open.js';
-import { acquireFileLock, acquireLock, embeddedLockFile, type LockResult } from '../src/lock.js';
+import { acquireLock, type LockResult } from '../src/lease.js';
+import { acquireFileLock, embeddedLockFile } from '../src/lock-file.js';
 import { captureLogs } from './helpers/logs.js';
 import { createTestDatabase, type TestDatabase } from './helpers/postgres.js';
 

@@ -261,7 +261,10 @@ describe('Nivoda client against the simulator', () => {
     await assert.rejects(nivoda.count(WINDOW), (err: Error) => {
       assert.ok(err instanceof TransientError);
       const { host } = new URL(sim.url);
-      assert.ok(err.message.startsWith(`Nivoda count failed: request to ${host} timed out after 150 ms (gave up after 2 attempts)`), err.message);
+      assert.ok(
+        err.message.startsWith(`Nivoda count failed: request to ${host} timed out after 150 ms (gave up after 2 attempts)`),
+        err.message,
+      );
       return true;
     });
     assert.ok(Date.now() - started < 2000);

@@ -12,7 +12,8 @@ import { openPglite } from '../src/db/pglite.js';
 import type { WorkItemMessage } from '../src/domain.js';
 import { PermanentError, TransientError } from '../src/errors.js';
 import type { Logger } from '../src/log.js';
-import { isLocalQueue, openQueue, toEnvelope, type QueueDeps } from '../src/queue/queue.js';
+import { openQueue, type QueueDeps } from '../src/queue/open.js';
+import { isLocalQueue, toEnvelope } from '../src/queue/queue.js';
 import { BATCH_MESSAGE_FORMAT, closedPort, startServiceBusPeer, type ServiceBusPeer } from './helpers/servicebus-peer.js';
 import { captureLogs } from './helpers/logs.js';
 
@@ -50,7 +51,7 @@ function sbDeps(logger: Logger, extra: Partial<QueueDeps> = {}): QueueDeps {
   return {
     db: noDb,
     logger,
-    retry: { retries: 3, minTimeoutMs: 5 },
+    retry: { attempts: 4, baseDelayMs: 5 },
     serviceBus: { maxRetries: 0, retryDelayInMs: 5, timeoutInMs: 5000 },
     ...extra,
   };
@@ -99,7 +100,7 @@ describe('Service Bus queue (real SDK against the AMQP peer)', () => {
     test(`publishes ${count} item(s), each received exactly once`, async () => {
       await withPeer(async (peer) => {
         const { logger } = captureLogs();
-        const queue = openQueue(serviceBusConfig(peer.connectionString()), sbDeps(logger));
+        const queue = await openQueue(serviceBusConfig(peer.connectionString()), sbDeps(logger));
         try {
           assert.equal(queue.kind, 'servicebus');
           const items = workItems(count);
@@ -123,7 +124,7 @@ describe('Service Bus queue (real SDK against the AMQP peer)', () => {
     await withPeer(
       async (peer) => {
         const { logger } = captureLogs();
-        const queue = openQueue(serviceBusConfig(peer.connectionString()), sbDeps(logger));
+        const queue = await openQueue(serviceBusConfig(peer.connectionString()), sbDeps(logger));
         try {
           const items = workItems(30);
           await queue.publish(items);
@@ -145,7 +146,7 @@ describe('Service Bus queue (real SDK against the AMQP peer)', () => {
     await withPeer(
       async (peer) => {
         const { logger, records: lines } = captureLogs();
-        const queue = openQueue(serviceBusConfig(peer.connectionString()), sbDeps(logger));
+        const queue = await openQueue(serviceBusConfig(peer.connectionString()), sbDeps(logger));
         try {
           await assert.rejects(queue.publish(workItems(3)), (err: Error) => {
             assert.ok(err instanceof PermanentError, `PermanentError, got ${err.name}`);
@@ -165,7 +166,7 @@ describe('Service Bus queue (real SDK against the AMQP peer)', () => {
   test('two transient failures, then success: every item still exactly once', async () => {
     await withPeer(async (peer) => {
       const { logger, records: lines } = captureLogs();
-      const queue = openQueue(serviceBusConfig(peer.connectionString()), sbDeps(logger));
+      const queue = await openQueue(serviceBusConfig(peer.connectionString()), sbDeps(logger));
       try {
         peer.rejectNext(2, 'com.microsoft:server-busy');
         const items = workItems(30);
@@ -194,7 +195,7 @@ describe('Service Bus queue (real SDK against the AMQP peer)', () => {
   test('a failure after some batches went through: the retry re-sends all, duplicates only of what was accepted', async () => {
     await withPeer(async (peer) => {
       const { logger } = captureLogs();
-      const queue = openQueue(serviceBusConfig(peer.connectionString()), sbDeps(logger));
+      const queue = await openQueue(serviceBusConfig(peer.connectionString()), sbDeps(logger));
       try {
         peer.rejectNext(1, 'com.microsoft:server-busy', { skip: 1 });
         const items = workItems(5000);
@@ -231,7 +232,7 @@ describe('Service Bus queue (real SDK against the AMQP peer)', () => {
     await withPeer(async (peer) => {
       const { logger } = captureLogs();
       // The SDK retries once itself here, so each attempt ends in its AggregateError.
-      const queue = openQueue(
+      const queue = await openQueue(
         serviceBusConfig(peer.connectionString()),
         sbDeps(logger, { serviceBus: { maxRetries: 1, retryDelayInMs: 5, timeoutInMs: 5000 } }),
       );
@@ -259,7 +260,7 @@ describe('Service Bus queue (real SDK against the AMQP peer)', () => {
   test('an unknown queue is permanent: one attempt, the entity named', async () => {
     await withPeer(async (peer) => {
       const { logger, records: lines } = captureLogs();
-      const queue = openQueue(serviceBusConfig(peer.connectionString(), 'no-such-queue'), sbDeps(logger));
+      const queue = await openQueue(serviceBusConfig(peer.connectionString(), 'no-such-queue'), sbDeps(logger));
       try {
         await assert.rejects(queue.publish(workItems(2)), (err: Error) => {
           assert.ok(err instanceof PermanentError, `PermanentError, got ${err.name}`);
@@ -279,7 +280,7 @@ describe('Service Bus queue (real SDK against the AMQP peer)', () => {
     const secret = 'Zm9vYmFyLXRlc3Qta2V5LTEyMzQ1Njc4OTA=';
     const connectionString = `Endpoint=sb://127.0.0.1:${port};SharedAccessKeyName=test;SharedAccessKey=${secret};UseDevelopmentEmulator=true`;
     const { logger, records: lines } = captureLogs();
-    const queue = openQueue(serviceBusConfig(connectionString), sbDeps(logger));
+    const queue = await openQueue(serviceBusConfig(connectionString), sbDeps(logger));
     try {
       await assert.rejects(queue.publish(workItems(3)), (err: Error) => {
         assert.ok(err instanceof TransientError, `TransientError, got ${err.name}`);
@@ -305,9 +306,9 @@ describe('Service Bus queue (real SDK against the AMQP peer)', () => {
   test('retries: 0 means a single attempt', async () => {
     const port = await closedPort();
     const { logger, records: lines } = captureLogs();
-    const queue = openQueue(
+    const queue = await openQueue(
       serviceBusConfig(`Endpoint=sb://127.0.0.1:${port};SharedAccessKeyName=test;SharedAccessKey=k;UseDevelopmentEmulator=true`),
-      sbDeps(logger, { retry: { retries: 0, minTimeoutMs: 5 } }),
+      sbDeps(logger, { retry: { attempts: 1, baseDelayMs: 5 } }),
     );
     try {
       await assert.rejects(queue.publish(workItems(1)), /after 1 attempts/);
@@ -335,7 +336,7 @@ describe('local queue (PGlite)', () => {
 
   test('without Service Bus configuration, work items go to the durable table and peek lists them oldest first', async () => {
     const { logger } = captureLogs();
-    const queue = openQueue({ backend: 'local' }, { db, logger });
+    const queue = await openQueue({ backend: 'local' }, { db, logger });
     assert.equal(queue.kind, 'local');
     assert.ok(isLocalQueue(queue));
 
@@ -364,7 +365,7 @@ describe('local queue (PGlite)', () => {
 
   test('re-publishing the same run/partitions is idempotent; thousands of items in one call', async () => {
     const { logger, records: lines } = captureLogs();
-    const queue = openQueue({ backend: 'local' }, { db, logger });
+    const queue = await openQueue({ backend: 'local' }, { db, logger });
     assert.ok(isLocalQueue(queue));
     const runId = '00000000-0000-4000-8000-000000000003';
     const items = workItems(1200, runId);
@@ -387,7 +388,7 @@ describe('local queue (PGlite)', () => {
 
   test('a failed publish queues nothing (one transaction)', async () => {
     const { logger } = captureLogs();
-    const queue = openQueue({ backend: 'local' }, { db, logger });
+    const queue = await openQueue({ backend: 'local' }, { db, logger });
     const runId = '00000000-0000-4000-8000-000000000004';
     const items = workItems(700, runId);
     // A body the table cannot hold (NUL in jsonb text) in the second chunk makes the publish fail midway.

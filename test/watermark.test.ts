@@ -9,7 +9,8 @@ import { BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
 import { PermanentError, TransientError, WatermarkConflictError, WatermarkFormatError } from '../src/errors.js';
 import { BlobWatermarkStore } from '../src/watermark/blob-store.js';
 import { FileWatermarkStore } from '../src/watermark/file-store.js';
-import { openWatermarkStore, parseWatermark, unchangedSince, watermarkProblems, type WatermarkStore } from '../src/watermark.js';
+import { openWatermarkStore } from '../src/watermark/open.js';
+import { parseWatermark, unchangedSince, watermarkProblems, type WatermarkStore } from '../src/watermark.js';
 import { AZURITE_KEY, startAzurite, type Azurite } from './helpers/azurite.js';
 
 const FULL = { lastUpdatedAt: '2024-01-15T02:00:00.000Z', lastRunId: 'abc-123-def', lastRunCompletedAt: '2024-01-15T02:45:00.000Z' };
@@ -254,7 +255,7 @@ describe('blob watermark store (Azurite)', () => {
   });
 
   it('openWatermarkStore picks the blob backend from the configuration', async () => {
-    const store: WatermarkStore = openWatermarkStore({
+    const store: WatermarkStore = await openWatermarkStore({
       backend: 'blob',
       connectionString: azurite.connectionString,
       container: 'wm-factory',
@@ -284,7 +285,7 @@ describe('file watermark store', () => {
 
   it('openWatermarkStore picks the file backend; round trip through the file', async () => {
     const file = freshPath();
-    const store = openWatermarkStore({ backend: 'file', path: file });
+    const store = await openWatermarkStore({ backend: 'file', path: file });
     assert.ok(store instanceof FileWatermarkStore);
     assert.equal(store.location, file);
     const written = await store.write(FULL);

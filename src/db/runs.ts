@@ -2,6 +2,7 @@
 // questions it asks before starting one. Timestamps go in and come out as ISO-8601 strings,
 // the same on both backends.
 import type { Partition, PriceField, RunType } from '../domain.js';
+import { PermanentError } from '../errors.js';
 import { scrub } from '../log.js';
 import { iso, isoOrNull, type Database, type Queryable, type Row } from './database.js';
 
@@ -42,6 +43,11 @@ export interface NewRun {
 
 export interface PartitionRecord extends Partition {
   publishedAt: string | null;
+}
+
+/** The run is not in the state the operation needs (or does not exist): a fact, not a hiccup to retry. */
+export class RunStateError extends PermanentError {
+  override readonly name = 'RunStateError';
 }
 
 /** Long enough for a stack-free message with context; bounded so a huge error body cannot bloat the table. */
@@ -116,7 +122,7 @@ export async function markPublished(db: Database, runId: string): Promise<void> 
        WHERE run_id = $1 AND status = 'scheduling' RETURNING run_id`,
       [runId],
     );
-    if (rows.length === 0) throw new Error(await whyNotScheduling(tx, runId));
+    if (rows.length === 0) throw new RunStateError(await whyNotScheduling(tx, runId));
     await tx.query('UPDATE run_partitions SET published_at = now() WHERE run_id = $1 AND published_at IS NULL', [runId]);
   });
 }
@@ -237,7 +243,7 @@ function toRunRecord(row: Row): RunRecord {
     startedAt: iso(row.started_at),
     publishedAt: isoOrNull(row.published_at),
     completedAt: isoOrNull(row.completed_at),
-    error: row.error === null || row.error === undefined ? null : String(row.error),
+    error: typeof row.error === 'string' ? row.error : null,
   };
 }
 

@@ -40,25 +40,28 @@ export function createNivodaClient(options: NivodaConfig, logger: Logger, tuning
   });
   const stats = transport.stats;
 
-  const tokens = new TokenCache(async () => {
-    const started = performance.now();
-    log.info('authenticating with Nivoda');
-    let response;
-    try {
-      response = await transport.send('authentication', AUTH_DOCUMENT, { username: options.username, password: options.password });
-    } catch (err) {
-      if (err instanceof NivodaAuthenticationError) throw new NivodaAuthenticationError(`Nivoda authentication failed: ${err.message}`);
-      throw wrap('authentication', err);
-    }
-    const value = dig(response.data, ['authenticate', 'username_and_password', 'token']);
-    if (typeof value !== 'string' || value === '') {
-      throw new NivodaAuthenticationError('Nivoda authentication failed: the response carried no token');
-    }
-    registerSecret(value);
-    stats.authentications++;
-    log.info({ durationMs: Math.round(performance.now() - started) }, 'authenticated with Nivoda');
-    return value;
-  }, tuning.tokenMaxAgeMs ?? 5 * 3_600_000);
+  const tokens = new TokenCache(
+    async () => {
+      const started = performance.now();
+      log.info('authenticating with Nivoda');
+      let response;
+      try {
+        response = await transport.send('authentication', AUTH_DOCUMENT, { username: options.username, password: options.password });
+      } catch (err) {
+        if (err instanceof NivodaAuthenticationError) throw new NivodaAuthenticationError(`Nivoda authentication failed: ${err.message}`);
+        throw wrap('authentication', err);
+      }
+      const value = dig(response.data, ['authenticate', 'username_and_password', 'token']);
+      if (typeof value !== 'string' || value === '') {
+        throw new NivodaAuthenticationError('Nivoda authentication failed: the response carried no token');
+      }
+      registerSecret(value);
+      stats.authentications++;
+      log.info({ durationMs: Math.round(performance.now() - started) }, 'authenticated with Nivoda');
+      return value;
+    },
+    tuning.tokenMaxAgeMs ?? 5 * 3_600_000,
+  );
 
   /** One call with the current token; a refused token is replaced once. */
   async function authenticated(op: 'count' | 'search', document: string, variables: Record<string, unknown>, signal?: AbortSignal) {
@@ -74,7 +77,9 @@ export function createNivodaClient(options: NivodaConfig, logger: Logger, tuning
       return await transport.send(op, document, { ...variables, token: second }, signal);
     } catch (err) {
       if (err instanceof TokenRejected) {
-        throw new NivodaAuthenticationError(`Nivoda ${op} failed: token refused again right after re-authenticating (${scrub(err.message)})`);
+        throw new NivodaAuthenticationError(
+          `Nivoda ${op} failed: token refused again right after re-authenticating (${scrub(err.message)})`,
+        );
       }
       throw wrap(op, err);
     }
@@ -100,7 +105,12 @@ export function createNivodaClient(options: NivodaConfig, logger: Logger, tuning
         throw new PermanentError(`Nivoda search: offset must be a whole number ≥ 0, got ${page.offset}`);
       }
       stats.searchQueries++;
-      const response = await authenticated('search', SEARCH_DOCUMENT, { query, offset: page.offset, limit: page.limit, order: page.order }, signal);
+      const response = await authenticated(
+        'search',
+        SEARCH_DOCUMENT,
+        { query, offset: page.offset, limit: page.limit, order: page.order },
+        signal,
+      );
       const result = dig(response.data, ['as', 'diamonds_by_query']) as { total_count?: unknown; items?: unknown } | undefined;
       if (!result || typeof result.total_count !== 'number' || !Array.isArray(result.items)) {
         throw new PermanentError('Nivoda search failed: malformed response (no diamonds_by_query result)');

@@ -169,7 +169,8 @@ export function createTransport(
         },
         onGiveUp: (error, { attempts, reason }) => {
           if (!(error instanceof TransientError) || reason === 'permanent') return error;
-          const why = reason === 'attempts' ? `${attempts} attempts` : `${attempts} attempts (retry budget ${options.retryBudgetMs} ms spent)`;
+          const why =
+            reason === 'attempts' ? `${attempts} attempts` : `${attempts} attempts (retry budget ${options.retryBudgetMs} ms spent)`;
           return new TransientError(`${error.message} (gave up after ${why})`, { cause: error, retryAfterMs: error.retryAfterMs });
         },
       });

@@ -1,13 +1,7 @@
-// The work-items queue behind one interface: Azure Service Bus when it is configured,
-// otherwise a durable table in the scheduler's own database. The rest of the scheduler
-// only ever calls publish(), so the run is the same whichever backend serves it.
-import type { Config } from '../config.js';
-import type { Database } from '../db/database.js';
+// The work-items queue port: one interface, served by Azure Service Bus (servicebus.ts) or
+// by a durable table in the scheduler's own database (local.ts), chosen in open.ts. The rest
+// of the scheduler only ever calls publish(), so a run is the same whichever backend serves it.
 import type { WorkItemMessage } from '../domain.js';
-import { ConfigError } from '../errors.js';
-import type { Logger } from '../log.js';
-import { LocalQueue } from './local.js';
-import { ServiceBusQueue, type ServiceBusSdkRetryOptions } from './servicebus.js';
 
 export interface WorkItemQueue {
   readonly kind: 'servicebus' | 'local';
@@ -64,37 +58,4 @@ export function toEnvelope(item: WorkItemMessage): WorkItemEnvelope {
     applicationProperties: { runId: item.runId, partitionId: item.partitionId },
     body: item,
   };
-}
-
-export interface RetryPolicy {
-  /** Retries after the first attempt (default 3, so 4 attempts). */
-  retries?: number;
-  /** Delay before the first retry; doubles each time (default 1000 ms). */
-  minTimeoutMs?: number;
-  /** Cap on one delay (default 30 s). */
-  maxTimeoutMs?: number;
-}
-
-export interface QueueDeps {
-  db: Database;
-  logger: Logger;
-  /** The retry around a whole publish. */
-  retry?: RetryPolicy;
-  /** The SDK's own per-operation retries and timeout; small, because the outer retry does the real work. */
-  serviceBus?: ServiceBusSdkRetryOptions;
-}
-
-/** The one place that chooses the queue backend from the configuration. */
-export function openQueue(config: Config['queue'], deps: QueueDeps): WorkItemQueue {
-  if (config.backend === 'local') {
-    return new LocalQueue(deps.db, deps.logger);
-  }
-  const { connectionString, namespace, queueName } = config;
-  if (connectionString) {
-    return new ServiceBusQueue({ connectionString, queueName }, deps);
-  }
-  if (namespace) {
-    return new ServiceBusQueue({ namespace, queueName }, deps);
-  }
-  throw new ConfigError(['AZURE_SERVICE_BUS_CONNECTION_STRING or AZURE_SERVICE_BUS_NAMESPACE is required for Service Bus']);
 }

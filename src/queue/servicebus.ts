@@ -2,7 +2,6 @@
 // itself, but not a refused connection, and after its own retries it throws an
 // AggregateError; so the whole publish is wrapped in one retry with backoff here, and
 // the error that finally escapes names the real cause.
-import { setTimeout as sleep } from 'node:timers/promises';
 import { DefaultAzureCredential } from '@azure/identity';
 import {
   ServiceBusClient,
@@ -14,7 +13,8 @@ import {
 import type { WorkItemMessage } from '../domain.js';
 import { PermanentError, TransientError, toError } from '../errors.js';
 import { registerSecret, scrub, type Logger } from '../log.js';
-import { toEnvelope, type PublishProgress, type RetryPolicy, type WorkItemQueue } from './queue.js';
+import { withRetry, type RetryPolicy } from '../retry.js';
+import { toEnvelope, type PublishProgress, type WorkItemQueue } from './queue.js';
 
 export interface ServiceBusSdkRetryOptions {
   maxRetries?: number;
@@ -27,6 +27,9 @@ export type ServiceBusTarget = { connectionString: string; queueName: string } |
 /** Codes a retry cannot fix: a missing or disabled queue, a full namespace, an oversized message. */
 const PERMANENT_CODES = new Set(['MessagingEntityNotFound', 'MessagingEntityDisabled', 'QuotaExceeded', 'MessageSizeExceeded']);
 
+/** Around the whole publish (CONTRACT §1: retried 3 times with backoff), on top of the SDK's own few retries. */
+const DEFAULT_PUBLISH_RETRY: RetryPolicy = { attempts: 4, baseDelayMs: 1000, maxDelayMs: 30_000, jitter: 'none' };
+
 const DEFAULT_SDK_RETRY: Required<ServiceBusSdkRetryOptions> = { maxRetries: 2, retryDelayInMs: 500, timeoutInMs: 30_000 };
 
 export class ServiceBusQueue implements WorkItemQueue {
@@ -35,16 +38,12 @@ export class ServiceBusQueue implements WorkItemQueue {
   private sender: ServiceBusSender | undefined;
   private readonly queueName: string;
   private readonly logger: Logger;
-  private readonly retries: number;
-  private readonly minTimeoutMs: number;
-  private readonly maxTimeoutMs: number;
+  private readonly retry: RetryPolicy;
 
-  constructor(target: ServiceBusTarget, deps: { logger: Logger; retry?: RetryPolicy; serviceBus?: ServiceBusSdkRetryOptions }) {
+  constructor(target: ServiceBusTarget, deps: { logger: Logger; retry?: Partial<RetryPolicy>; serviceBus?: ServiceBusSdkRetryOptions }) {
     this.queueName = target.queueName;
     this.logger = deps.logger.child({ queue: target.queueName, backend: 'servicebus' });
-    this.retries = deps.retry?.retries ?? 3;
-    this.minTimeoutMs = deps.retry?.minTimeoutMs ?? 1000;
-    this.maxTimeoutMs = deps.retry?.maxTimeoutMs ?? 30_000;
+    this.retry = { ...DEFAULT_PUBLISH_RETRY, ...deps.retry };
     const retryOptions = { ...DEFAULT_SDK_RETRY, ...deps.serviceBus };
     if ('connectionString' in target) {
       // The key must never surface in a log line or an error text, whatever shape it hides in.
@@ -60,39 +59,40 @@ export class ServiceBusQueue implements WorkItemQueue {
 
   async publish(items: WorkItemMessage[], progress?: PublishProgress): Promise<{ published: number }> {
     if (items.length === 0) return { published: 0 };
-    const attempts = this.retries + 1;
-    for (let attempt = 1; ; attempt++) {
-      try {
-        // A retry re-sends every item, including batches that already went through before the
-        // failure. That is safe: each messageId is `<runId>:<partitionId>`, so the queue's
-        // duplicate detection drops the copies.
-        const batches = await this.sendAll(items, progress);
-        this.logger.info({ published: items.length, batches, attempt }, 'work items published');
-        return { published: items.length };
-      } catch (thrown) {
-        const cause = toError(thrown);
-        await this.resetSender();
-        if (cause instanceof PermanentError) throw cause;
-        const reason = describe(cause);
-        if (isPermanent(cause)) {
-          throw new PermanentError(
-            scrub(`publishing ${items.length} work items to Service Bus queue "${this.queueName}" failed: ${reason}`),
-            { cause },
-          );
+    const what = `publishing ${items.length} work items to Service Bus queue "${this.queueName}"`;
+    // A retry re-sends every item, including batches that already went through before the
+    // failure. That is safe: each messageId is `<runId>:<partitionId>`, so the queue's
+    // duplicate detection drops the copies.
+    const batches = await withRetry(
+      async () => {
+        try {
+          return await this.sendAll(items, progress);
+        } catch (thrown) {
+          await this.resetSender();
+          throw classify(toError(thrown));
         }
-        if (attempt >= attempts) {
-          throw new TransientError(
-            scrub(
-              `publishing ${items.length} work items to Service Bus queue "${this.queueName}" failed after ${attempts} attempts: ${reason}`,
-            ),
-            { cause },
-          );
-        }
-        const delayMs = Math.min(this.maxTimeoutMs, this.minTimeoutMs * 2 ** (attempt - 1));
-        this.logger.warn({ attempt, attempts, delayMs, error: scrub(reason) }, 'publishing work items failed, retrying');
-        await sleep(delayMs);
-      }
-    }
+      },
+      {
+        ...this.retry,
+        onRetry: ({ attempt, delayMs, error }) =>
+          this.logger.warn(
+            { attempt, attempts: this.retry.attempts, delayMs: Math.round(delayMs), error: scrub(toError(error).message) },
+            'publishing work items failed, retrying',
+          ),
+        onGiveUp: (error, { attempts, reason }) => {
+          const cause = toError(error);
+          if (cause instanceof PermanentError && !(cause instanceof ServiceBusFailure)) return cause;
+          const message = scrub(`${what} failed${reason === 'permanent' ? '' : ` after ${attempts} attempts`}: ${cause.message}`);
+          // The SDK's own error stays the cause: its code is what an operator searches for.
+          const original = cause.cause ?? cause;
+          return cause instanceof TransientError
+            ? new TransientError(message, { cause: original })
+            : new PermanentError(message, { cause: original });
+        },
+      },
+    );
+    this.logger.info({ published: items.length, batches }, 'work items published');
+    return { published: items.length };
   }
 
   /** Sends every item in as few batches as fit; returns how many batches were sent. */
@@ -153,8 +153,18 @@ function toServiceBusMessage(item: WorkItemMessage): ServiceBusMessage {
   };
 }
 
-function isPermanent(error: Error): boolean {
-  return isServiceBusError(error) && PERMANENT_CODES.has(error.code);
+/** An SDK error translated into the error vocabulary, its message naming the real cause. */
+class ServiceBusFailure extends PermanentError {
+  override readonly name = 'ServiceBusFailure';
+}
+
+/** Translates what the SDK threw: the codes a retry cannot fix are permanent, the rest transient. */
+function classify(error: Error): Error {
+  if (error instanceof PermanentError || error instanceof TransientError) return error;
+  const reason = describe(error);
+  return isServiceBusError(error) && PERMANENT_CODES.has(error.code)
+    ? new ServiceBusFailure(reason, { cause: error })
+    : new TransientError(reason, { cause: error });
 }
 
 /** The cause as an operator needs it: message plus the code that says what kind of failure it was. */

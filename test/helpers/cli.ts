@@ -14,9 +14,14 @@ export interface CliResult {
   logs: Array<Record<string, unknown>>;
 }
 
-export function runCli(args: string[], env: Record<string, string | undefined>, options: { timeoutMs?: number } = {}): Promise<CliResult> {
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(root, 'src', 'index.ts'), ...args], {
-    cwd: root,
+export function runCli(
+  args: string[],
+  env: Record<string, string | undefined>,
+  options: { timeoutMs?: number; cwd?: string } = {},
+): Promise<CliResult> {
+  // tsx by its resolved URL: a test may run the CLI from a directory of its own (a .env there).
+  const child = spawn(process.execPath, ['--import', import.meta.resolve('tsx'), path.join(root, 'src', 'index.ts'), ...args], {
+    cwd: options.cwd ?? root,
     env: { PATH: process.env.PATH, HOME: process.env.HOME, NODE_ENV: 'test', LOG_LEVEL: 'debug', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });

@@ -6,7 +6,8 @@
 // and exits 0. A refused attempt exits 0 at once.
 import { createInterface } from 'node:readline';
 import { openDatabase } from '../../src/db/open.js';
-import { acquireFileLock, acquireLock } from '../../src/lock.js';
+import { acquireLock } from '../../src/lease.js';
+import { acquireFileLock } from '../../src/lock-file.js';
 import { createLogger } from '../../src/log.js';
 
 const [mode, target, ttl, holder] = process.argv.slice(2);
