@@ -109,6 +109,18 @@ async function openQueueOrExplain(config: BaseConfig, db: Database, logger: Logg
   }
 }
 
+/** Which backends serve this invocation, for its one `backends` line: no secrets, only where things are. */
+export function describeBackends(resources: Resources): Record<string, string> {
+  const { database } = resources.config;
+  let where: string;
+  if (database.backend === 'pglite') where = `embedded PGlite in ${database.dir}`;
+  else {
+    const url = new URL(database.url);
+    where = `PostgreSQL ${url.hostname}:${url.port || '5432'}/${decodeURIComponent(url.pathname.slice(1)) || '(default database)'}`;
+  }
+  return { database: where, queue: resources.queue.location, watermark: resources.watermarks.location };
+}
+
 /** The one line a skipped run leaves (exit 0): who holds the lock and since when. */
 export function logSkipped(logger: Logger, holder: { holder: string; since: string } & Record<string, unknown>): void {
   logger.info(holder, 'skipped: another scheduler holds the lock');

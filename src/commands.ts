@@ -3,6 +3,7 @@
 import { randomUUID } from 'node:crypto';
 import {
   CLI_HOLDER,
+  describeBackends,
   EmbeddedDatabaseBusyError,
   holderName,
   logSkipped,
@@ -12,12 +13,15 @@ import {
   type Resources,
 } from './app.js';
 import type { BaseConfig, Config } from './config.js';
-import { listRuns } from './db/runs.js';
-import { ConfigError, WatermarkFormatError } from './errors.js';
+import { abandonRun, getRun, listPartitions, listRuns } from './db/runs.js';
+import { ConfigError, PermanentError, WatermarkFormatError } from './errors.js';
+import { readLease, releaseLease } from './lease.js';
+import { embeddedLockFile, readFileLock, releaseFileLock } from './lock-file.js';
 import type { Logger } from './log.js';
-import { createNivodaClient } from './nivoda/client.js';
+import { createNivodaClient, type NivodaClient } from './nivoda/client.js';
+import type { ProgressLine } from './progress.js';
 import { isLocalQueue } from './queue/queue.js';
-import { formatPlan, formatRuns } from './report.js';
+import { formatPlan, formatRun, formatRuns } from './report.js';
 import { withRetry } from './retry.js';
 import { plan, run } from './scheduler.js';
 import type { Watermark } from './domain.js';
@@ -27,6 +31,24 @@ export interface CommandContext {
   logger: Logger;
   /** A line of the command's own output (stdout). */
   out: (text: string) => void;
+  /** Aborted by SIGTERM/SIGINT: a run stops at its next safe point. */
+  stop: AbortSignal;
+  /** A terminal's progress line, when there is one. */
+  progress?: ProgressLine;
+}
+
+/** The scan's progress for a person watching: queries done, the price being probed, waits for the vendor's limits. */
+function scanProgress(progress: ProgressLine | undefined, nivoda: NivodaClient): ((price: number | undefined) => void) | undefined {
+  if (!progress) return undefined;
+  return (price) => {
+    const s = nivoda.stats();
+    const waits =
+      s.rateLimitWaitMs + s.backoffMs > 0 ? ` · waited ${((s.rateLimitWaitMs + s.backoffMs) / 1000).toFixed(1)} s for rate limits` : '';
+    const throttled = s.throttled > 0 ? ` · ${s.throttled} × HTTP 429` : '';
+    progress.update(
+      `scanning: ${s.countQueries} count queries · last probe ${price === undefined ? 'the total' : `$${price.toLocaleString('en-US')}`}${waits}${throttled}`,
+    );
+  };
 }
 
 /** A failure to be reported with the logger and context of where it happened (a run's runId, its counters). */
@@ -41,24 +63,41 @@ export class CommandFailure extends Error {
   }
 }
 
-export async function runCommand(config: Config, { logger: base }: CommandContext, options: { full?: boolean; force?: boolean }) {
+export async function runCommand(
+  config: Config,
+  { logger: base, stop, progress }: CommandContext,
+  options: { full?: boolean; force?: boolean },
+) {
   const runId = randomUUID();
   // Every line of the run carries its runId, the client's, the queue's and the failure's included.
   const logger = base.child({ runId });
   const nivoda = createNivodaClient(config.nivoda, logger);
+  const onCount = scanProgress(progress, nivoda);
   try {
     const resources = await openForRun(config, logger, runId);
     if (!resources) return;
     try {
-      const outcome = await withRunLock(resources, logger, runId, (signal) =>
-        run({ ...resources, config, nivoda, logger: base }, { ...options, runId, signal }),
+      logger.info(describeBackends(resources), 'backends');
+      const outcome = await withRunLock(resources, logger, runId, (lease) =>
+        run(
+          { ...resources, config, nivoda, logger: base, onCount },
+          { ...options, runId, holder: holderName(runId), signal: AbortSignal.any([stop, lease]) },
+        ),
       );
       if (outcome === 'skipped') return;
+      if (outcome.kind === 'finished') {
+        logger.info(
+          { finished: outcome.runIds, published: outcome.published, nivoda: nivoda.stats() },
+          'run finished: published the rest of earlier runs',
+        );
+        return;
+      }
       logger.info(
         { runType: outcome.plan.runType, partitions: outcome.plan.partitions.length, published: outcome.published, nivoda: nivoda.stats() },
         outcome.plan.partitions.length === 0 ? 'run finished: the window holds no stones' : 'run finished',
       );
     } finally {
+      progress?.clear();
       await resources.close();
     }
   } catch (thrown) {
@@ -66,15 +105,94 @@ export async function runCommand(config: Config, { logger: base }: CommandContex
   }
 }
 
-export async function planCommand(config: Config, { logger, out }: CommandContext, options: { json?: boolean; full?: boolean }) {
+export async function planCommand(
+  config: Config,
+  { logger, out, stop, progress }: CommandContext,
+  options: { json?: boolean; full?: boolean },
+) {
   const nivoda = createNivodaClient(config.nivoda, logger);
-  const planned = await plan({ config, nivoda, logger, watermarks: await openWatermarks(config) }, options);
+  const onCount = scanProgress(progress, nivoda);
+  const planned = await plan(
+    { config, nivoda, logger, onCount, watermarks: await openWatermarks(config) },
+    { ...options, signal: stop },
+  ).finally(() => progress?.clear());
   out(options.json ? JSON.stringify(planned) : formatPlan(planned, config.heatmap.strategy));
 }
 
-export async function statusCommand(config: BaseConfig, ctx: CommandContext, options: { limit: number; json?: boolean }) {
-  const runs = await withResources(config, ctx.logger, ({ db }) => listRuns(db, options.limit));
-  ctx.out(options.json ? JSON.stringify(runs, null, 2) : formatRuns(runs));
+export async function statusCommand(
+  config: BaseConfig,
+  ctx: CommandContext,
+  runId: string | undefined,
+  options: { limit: number; json?: boolean },
+) {
+  if (runId === undefined) {
+    const runs = await withResources(config, ctx.logger, ({ db }) => listRuns(db, options.limit));
+    ctx.out(options.json ? JSON.stringify(runs, null, 2) : formatRuns(runs));
+    return;
+  }
+  const id = checkRunId(runId);
+  const { found, partitions } = await withResources(config, ctx.logger, async ({ db }) => ({
+    found: await getRun(db, id),
+    partitions: await listPartitions(db, id),
+  }));
+  if (!found) throw new PermanentError(`no run ${id} is recorded`);
+  ctx.out(options.json ? JSON.stringify({ ...found, partitions }, null, 2) : formatRun(found, partitions));
+}
+
+export async function abandonCommand(config: BaseConfig, { logger, out }: CommandContext, runId: string, options: { reason?: string }) {
+  const id = checkRunId(runId);
+  const reason = options.reason ?? 'no reason given';
+  const before = await withResources(config, logger, ({ db }) => abandonRun(db, id, reason));
+  logger.warn({ runId: id, before, reason }, 'run abandoned by an operator: its work items are settled without fetching');
+  out(before === 'abandoned' ? `run ${id} was already abandoned` : `run ${id} abandoned (was ${before})`);
+}
+
+export async function lockCommand(config: BaseConfig, { logger, out }: CommandContext, options: { json?: boolean }) {
+  const lock = await readSchedulerLock(config, logger);
+  out(options.json ? JSON.stringify(lock) : lock ? formatLock(lock) : 'nobody holds the scheduler lock');
+}
+
+export async function lockReleaseCommand(config: BaseConfig, { logger, out }: CommandContext, options: { force?: boolean }) {
+  const released =
+    config.database.backend === 'pglite'
+      ? await releaseFileLock(embeddedLockFile(config.database.dir), options)
+      : await withResources(config, logger, ({ db }) => releaseLease(db, options));
+  if (released) logger.warn({ released, force: options.force === true }, 'scheduler lock released by an operator');
+  out(released ? `released the lock of ${released.holder}` : 'nobody holds the scheduler lock');
+}
+
+/** The lease, or in embedded mode the lock file (read without opening PGlite, which the holder has open). */
+async function readSchedulerLock(config: BaseConfig, logger: Logger): Promise<Record<string, unknown> | null> {
+  if (config.database.backend === 'pglite') {
+    const file = embeddedLockFile(config.database.dir);
+    const lock = await readFileLock(file);
+    return (
+      lock && {
+        kind: 'lock file',
+        file,
+        holder: lock.holder,
+        acquiredAt: lock.since,
+        pid: lock.pid,
+        hostname: lock.hostname,
+        holderGone: lock.stale,
+      }
+    );
+  }
+  const lease = await withResources(config, logger, ({ db }) => readLease(db));
+  return lease && { kind: 'lease', ...lease };
+}
+
+function formatLock(lock: Record<string, unknown>): string {
+  return Object.entries(lock)
+    .map(([key, value]) => `${key}: ${String(value)}`)
+    .join('\n');
+}
+
+const RUN_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+function checkRunId(runId: string): string {
+  if (!RUN_ID.test(runId)) throw new ConfigError([`"${runId}" is not a run id (a UUID, as \`status\` lists them)`]);
+  return runId.toLowerCase();
 }
 
 export async function watermarkGetCommand(config: BaseConfig, { out }: CommandContext) {

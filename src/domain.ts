@@ -42,7 +42,12 @@ export interface WorkItemMessage {
   updatedFrom?: string;
   updatedTo: string;
   partitionCount: number;
+  /** The base filter (NIVODA_QUERY) the scan used, verbatim; a worker merges it into every query of its partition. */
+  query: BaseFilter;
 }
+
+/** NIVODA_QUERY as validated by the configuration: DiamondQuery fields other than the price field and `updated`. */
+export type BaseFilter = Readonly<Record<string, unknown>>;
 
 /** CONTRACT §4: the watermark document. */
 export interface Watermark {

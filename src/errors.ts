@@ -37,6 +37,14 @@ export class WatermarkFormatError extends PermanentError {
   }
 }
 
+/**
+ * The process was asked to stop (SIGTERM from the platform, Ctrl-C) or lost its lease: the
+ * run stops at the next safe point, records why, and exits 1. Not retried.
+ */
+export class StoppedError extends PermanentError {
+  override readonly name = 'StoppedError';
+}
+
 /** Normalises anything thrown into an Error, unwrapping the AggregateError some SDKs throw after retries. */
 export function toError(thrown: unknown): Error {
   if (thrown instanceof AggregateError && thrown.errors.length > 0) {

@@ -2,9 +2,13 @@
 // The command line (CONTRACT §7): parses the arguments, loads and validates the configuration,
 // builds the logger from it, and hands over to commands.ts. Every outcome maps to an exit code
 // here and only here: 0 success (also skipped and empty), 1 a failed run, 2 bad configuration or usage.
+import { readFileSync } from 'node:fs';
 import { Command, CommanderError, Option } from 'commander';
 import {
+  abandonCommand,
   CommandFailure,
+  lockCommand,
+  lockReleaseCommand,
   migrateCommand,
   planCommand,
   queuePeekCommand,
@@ -16,8 +20,9 @@ import {
   type CommandContext,
 } from './commands.js';
 import { loadBaseConfig, loadConfig, loadDotEnv, type BaseConfig } from './config.js';
-import { ConfigError, toError } from './errors.js';
+import { ConfigError, isTransient, PermanentError, StoppedError, toError, TransientError } from './errors.js';
 import { createLogger, scrub, type Logger } from './log.js';
+import { progressLine } from './progress.js';
 
 const out = (text: string) => process.stdout.write(`${text}\n`);
 
@@ -26,6 +31,10 @@ const out = (text: string) => process.stdout.write(`${text}\n`);
  * level: a bad LOG_LEVEL is itself one of the configuration problems it may have to report.
  */
 let logger: Logger = createLogger();
+
+/** SIGTERM/SIGINT abort this: a run stops at its next safe point, records why, releases its lease and exits 1. */
+const stopping = new AbortController();
+const progress = progressLine();
 
 /** Validates the configuration, then builds the logger from it, then runs the command. */
 function action<C extends BaseConfig, A extends unknown[]>(
@@ -36,7 +45,7 @@ function action<C extends BaseConfig, A extends unknown[]>(
     const config = load();
     logger = createLogger({ level: config.logLevel });
     logger.debug({ command: commandName(args), logLevel: config.logLevel }, 'configuration loaded');
-    await command(config, { logger, out }, ...args);
+    await command(config, { logger, out, stop: stopping.signal, progress }, ...args);
   };
 }
 
@@ -54,6 +63,7 @@ const forOperators = () => loadBaseConfig();
 function buildProgram(setExit: (code: number) => void): Command {
   const program = new Command('scheduler')
     .description('Nivoda ingestion scheduler: density scan, balanced price partitions, work items')
+    .version(VERSION)
     .exitOverride()
     .showHelpAfterError()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
@@ -73,11 +83,25 @@ function buildProgram(setExit: (code: number) => void): Command {
     .action(action(forNivoda, planCommand));
 
   program
-    .command('status')
-    .description('the last runs')
+    .command('status [runId]')
+    .description('the last runs, or one run with its partitions')
     .addOption(new Option('--limit <n>', 'how many runs').default(10).argParser(positiveInt('--limit')))
     .option('--json', 'print JSON')
     .action(action(forOperators, statusCommand));
+
+  const lock = program.command('lock').description('the single-instance lock: who holds it, since when, until when');
+  lock.option('--json', 'print JSON').action(action(forOperators, lockCommand));
+  lock
+    .command('release')
+    .description('free a lock whose holder is gone or whose lease expired')
+    .option('--force', 'free it even though its holder may be running')
+    .action(action(forOperators, lockReleaseCommand));
+
+  program
+    .command('abandon <runId>')
+    .description("an operator's decision that a run's work items are not to be worked (workers settle them without fetching)")
+    .option('--reason <text>', 'why, for the run record')
+    .action(action(forOperators, abandonCommand));
 
   const watermark = program.command('watermark').description('read or change the watermark (operators only)');
   watermark.command('get').action(action(forOperators, watermarkGetCommand));
@@ -111,7 +135,11 @@ function positiveInt(flag: string) {
   };
 }
 
-/** Logs a failure once and maps it to its exit code: 2 configuration or usage, 1 a failed run. */
+/**
+ * Logs a failure once and maps it to its exit code: 2 configuration or usage, 1 a failed run.
+ * An expected failure (the API, the database, the queue, a guard) is one clear line; its stack
+ * goes to debug. Only an unexpected error (a bug) carries its stack at error level.
+ */
 function report(thrown: unknown, log: Logger, context: Record<string, unknown> = {}): number {
   if (thrown instanceof CommandFailure) return report(thrown.error, thrown.logger, { ...thrown.context, ...context });
   if (thrown instanceof CommanderError) {
@@ -122,8 +150,28 @@ function report(thrown: unknown, log: Logger, context: Record<string, unknown> =
     return 2;
   }
   const error = toError(thrown);
-  log.error({ err: error, ...context }, `failed: ${scrub(error.message)}`);
+  const expected = error instanceof PermanentError || error instanceof TransientError || isTransient(error);
+  if (expected) {
+    log.debug({ err: error }, 'the failure in full');
+    log.error({ error: scrub(error.message), kind: error.name, ...context }, `failed: ${scrub(error.message)}`);
+  } else {
+    log.error({ err: error, ...context }, `failed: ${scrub(error.message)}`);
+  }
   return 1;
+}
+
+const VERSION = (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+/**
+ * Commander hands an unknown first word to the default command (`run`), which then complains
+ * of "too many arguments for 'run'". Say what is wrong instead.
+ */
+function unknownCommand(program: Command, argv: string[]): ConfigError | undefined {
+  const first = argv[2];
+  if (first === undefined || first.startsWith('-')) return undefined;
+  const names = program.commands.map((c) => c.name());
+  if (names.includes(first) || first === 'help') return undefined;
+  return new ConfigError([`unknown command "${first}" (commands: ${names.join(', ')}; see --help)`]);
 }
 
 /** Runs the command line and returns the exit code. */
@@ -131,19 +179,39 @@ async function main(argv: string[] = process.argv): Promise<number> {
   let exitCode = 1;
   try {
     loadDotEnv();
-    await buildProgram((code) => (exitCode = code)).parseAsync(argv);
+    const program = buildProgram((code) => (exitCode = code));
+    const unknown = unknownCommand(program, argv);
+    if (unknown) throw unknown;
+    await program.parseAsync(argv);
     return exitCode;
   } catch (thrown) {
     return report(thrown, logger);
+  } finally {
+    progress?.clear();
   }
 }
 
-// A stopped job (SIGTERM from Container Apps, Ctrl-C) exits 1 through process.exit, so the
-// exit hooks still run (the embedded lock file is removed); a lease row simply expires.
+// Node prints its own warnings (pg's SSL-mode notice among them) as plain text on stderr,
+// which would break the JSON log stream: they become log lines instead.
+process.removeAllListeners('warning');
+process.on('warning', (warning) => logger.warn({ warning: warning.name, detail: scrub(warning.message) }, 'runtime warning'));
+
+/** Within the 30 s a container platform gives between SIGTERM and SIGKILL. */
+const STOP_DEADLINE_MS = 20_000;
+
+// A stopped job (SIGTERM from Container Apps, Ctrl-C): the command stops at its next safe point
+// (a run records why and releases its lease) and exits 1. A second signal, or the deadline,
+// exits at once; the exit hooks still run (the embedded lock file is removed).
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-  process.once(signal, () => {
-    logger.warn({ signal }, 'stopped by a signal before the command finished');
-    process.exit(1);
+  process.on(signal, () => {
+    if (stopping.signal.aborted) process.exit(1);
+    logger.warn({ signal }, 'stopping: the command ends at its next safe point');
+    stopping.abort(new StoppedError(`stopped by ${signal}`));
+    setTimeout(() => {
+      logger.error({ signal, deadlineMs: STOP_DEADLINE_MS }, 'did not stop in time; exiting');
+      process.exit(1);
+    }, STOP_DEADLINE_MS).unref();
   });
 }
-process.exit(await main());
+const code = await main();
+process.exit(stopping.signal.aborted ? 1 : code);

@@ -19,6 +19,8 @@
 // (Embedded mode adds the lock file of lock-file.ts, taken before PGlite opens.)
 import { randomUUID } from 'node:crypto';
 import { iso, type Queryable } from './db/database.js';
+import { PermanentError } from './errors.js';
+import { isProcessGone } from './lock-file.js';
 import type { Logger } from './log.js';
 import { withRetry } from './retry.js';
 
@@ -184,4 +186,63 @@ function startLease(db: Queryable, lease: LeaseState): LockHandle {
       return released;
     },
   };
+}
+
+export interface LeaseInfo {
+  holder: string;
+  acquiredAt: string;
+  renewedAt: string;
+  expiresAt: string;
+  /** The lease has lapsed: the next scheduler takes it over. */
+  expired: boolean;
+  /** The holder is a process of this host that no longer exists (a lease left by a killed scheduler). */
+  holderGone: boolean;
+}
+
+/** The lease as it stands (`lock`), or null when nobody holds it. */
+export async function readLease(db: Queryable, name = DEFAULT_LOCK_NAME): Promise<LeaseInfo | null> {
+  const rows = await db.query<LeaseRow & { renewed_at: unknown; expired: boolean }>(
+    'SELECT holder, acquired_at, renewed_at, expires_at, expires_at <= now() AS expired FROM scheduler_lock WHERE name = $1',
+    [name],
+  );
+  const row = rows[0];
+  if (!row) return null;
+  return {
+    holder: row.holder,
+    acquiredAt: iso(row.acquired_at),
+    renewedAt: iso(row.renewed_at),
+    expiresAt: iso(row.expires_at),
+    expired: row.expired,
+    holderGone: holderIsGone(row.holder),
+  };
+}
+
+/**
+ * Frees the lease (`lock release`) when its holder is gone or it has expired, or with `force`.
+ * Returns what was released, or null when there was nothing; refuses (throws) a live holder's.
+ */
+export async function releaseLease(db: Queryable, options: { force?: boolean; name?: string } = {}): Promise<LeaseInfo | null> {
+  const name = options.name ?? DEFAULT_LOCK_NAME;
+  const lease = await readLease(db, name);
+  if (!lease) return null;
+  if (!lease.expired && !lease.holderGone && !options.force) {
+    throw new PermanentError(
+      `the scheduler lock is held by ${lease.holder} until ${lease.expiresAt} (renewed ${lease.renewedAt}); ` +
+        'it may be running: release it only if you know that process is gone, with --force',
+    );
+  }
+  // Only the lease we looked at: if it changed hands meanwhile, the new holder keeps it.
+  const rows = await db.query('DELETE FROM scheduler_lock WHERE name = $1 AND holder = $2 AND acquired_at = $3 RETURNING name', [
+    name,
+    lease.holder,
+    lease.acquiredAt,
+  ]);
+  if (rows.length === 0) throw new PermanentError('the scheduler lock changed hands while it was being released; look again with `lock`');
+  return lease;
+}
+
+/** A holder named `host:pid:…` on this host whose process is gone. Another host's holder is never judged. */
+function holderIsGone(holder: string): boolean {
+  const [host, pid] = holder.split(':');
+  return host !== undefined && Number(pid) !== process.pid && isProcessGone(host, Number(pid));
 }

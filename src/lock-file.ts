@@ -17,7 +17,7 @@ import { link, mkdir, open, readFile, stat, unlink, writeFile } from 'node:fs/pr
 import os from 'node:os';
 import path from 'node:path';
 import type { Logger } from './log.js';
-import { toError } from './errors.js';
+import { PermanentError, toError } from './errors.js';
 import { withRetry } from './retry.js';
 
 export interface FileLockContent {
@@ -187,13 +187,47 @@ function isStale(lock: FileLockContent): boolean {
   // Our own pid in a lock we do not hold: a restarted container reuses pids (often pid 1), so
   // the file was left by an earlier life of this host, not by a live scheduler.
   if (lock.pid === process.pid) return true;
+  return isProcessGone(lock.hostname, lock.pid);
+}
+
+/** Whether `pid` on `hostname` is known to be gone. Only this host's processes can be judged. */
+export function isProcessGone(hostname: string, pid: number): boolean {
+  if (hostname !== os.hostname() || !Number.isInteger(pid) || pid <= 0) return false;
   try {
-    process.kill(lock.pid, 0);
+    process.kill(pid, 0);
     return false;
   } catch (err) {
     // EPERM: the process exists but belongs to another user — alive.
     return isCode(err, 'ESRCH');
   }
+}
+
+/** The embedded lock file as it stands (`lock` in embedded mode), or null when there is none. */
+export async function readFileLock(file: string): Promise<(FileLockContent & { stale: boolean }) | null> {
+  let raw: string;
+  try {
+    raw = await readFile(file, 'utf8');
+  } catch (err) {
+    if (isCode(err, 'ENOENT')) return null;
+    throw err;
+  }
+  const content = parseLockContent(raw);
+  if (!content) throw new Error(`the lock file ${file} is not a scheduler lock file; remove it by hand if no scheduler runs`);
+  return { ...content, stale: isStale(content) };
+}
+
+/** Removes the embedded lock file when its process is gone, or with `force`; refuses a live holder's. */
+export async function releaseFileLock(file: string, options: { force?: boolean } = {}): Promise<FileLockContent | null> {
+  const lock = await readFileLock(file);
+  if (!lock) return null;
+  if (!lock.stale && !options.force) {
+    throw new PermanentError(
+      `the embedded database is held by ${lock.holder} (pid ${lock.pid} on ${lock.hostname}) since ${lock.since}; ` +
+        'it may be running: release it only if you know that process is gone, with --force',
+    );
+  }
+  await unlink(file).catch((err: unknown) => (isCode(err, 'ENOENT') ? undefined : Promise.reject(toError(err))));
+  return lock;
 }
 
 function isCode(err: unknown, code: string): boolean {

@@ -1,7 +1,7 @@
 // Human-readable output of the commands (stdout): the plan's partition table with its
 // density chart, and the run history. Logs go to stderr, never here.
 import { PRICE_AXIS_END } from './domain.js';
-import type { RunRecord } from './db/runs.js';
+import type { PartitionRecord, RunRecord } from './db/runs.js';
 import type { Plan } from './scheduler.js';
 
 const BAR_WIDTH = 40;
@@ -53,10 +53,10 @@ export function formatPlan(planned: Plan, strategy: string): string {
 
 export function formatRuns(runs: RunRecord[]): string {
   if (runs.length === 0) return 'No runs recorded yet.';
-  const header = ['run', 'type', 'status', 'workers', 'stones', 'queries', 'started', 'completed'];
+  const header = ['run', 'type', 'status', 'workers', 'stones', 'queries', 'started', 'completed / error'];
   const rows = runs.map((r) => [
     r.runId,
-    r.runType,
+    r.runType ?? '—',
     r.status,
     String(r.expectedWorkers),
     String(r.totalRecords),
@@ -64,6 +64,32 @@ export function formatRuns(runs: RunRecord[]): string {
     r.startedAt,
     r.completedAt ?? (r.error ? `error: ${r.error}` : '—'),
   ]);
+  return table(header, rows);
+}
+
+/** One run with its partitions (`status <runId>`). */
+export function formatRun(run: RunRecord, partitions: PartitionRecord[]): string {
+  const lines = [
+    `run ${run.runId}: ${run.status}${run.runType ? ` (${run.runType})` : ''}`,
+    `  started ${run.startedAt}${run.holder ? ` by ${run.holder}` : ''}`,
+    `  window ${run.updatedFrom ?? '(no lower bound)'} → ${run.updatedTo ?? '(not fixed yet)'} · ${run.priceField ?? '—'}`,
+    `  base filter ${JSON.stringify(run.baseQuery ?? {})}`,
+    `  ${run.totalRecords} stones · ${run.expectedWorkers} work items · ${run.countQueries} count queries in ${run.scanDurationMs} ms`,
+    `  recorded ${run.recordedAt ?? '—'} · published ${run.publishedAt ?? '—'} (publish attempts ${run.publishAttempts}) · completed ${run.completedAt ?? '—'}`,
+  ];
+  if (run.watermarkBefore) lines.push(`  watermark before ${run.watermarkBefore}`);
+  if (run.error) lines.push(`  error: ${run.error}`);
+  if (partitions.length === 0) return lines.join('\n');
+  const rows = partitions.map((p) => [
+    p.partitionId,
+    `${money(p.priceMin)} ≤ price < ${money(p.priceMax)}`,
+    String(p.expectedRecords),
+    p.publishedAt ?? '—',
+  ]);
+  return [...lines, '', table(['partition', 'range', 'expected', 'acknowledged'], rows)].join('\n');
+}
+
+function table(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const fmt = (cells: string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join('  ');
   return [fmt(header), ...rows.map(fmt)].join('\n');

@@ -1,21 +1,28 @@
-// One run, in the order of CONTRACT §1: watermark → window → scan → partition → record →
-// publish. The single-instance lock is taken by the caller (app.ts) before any of this.
+// One run, in the order of CONTRACT §1: (finish an unpublished run) → row → watermark → window →
+// scan → partition → record → publish. The single-instance lock is taken by the caller
+// (app.ts) before any of this.
 import { randomUUID } from 'node:crypto';
 import type { Config } from './config.js';
 import type { Database } from './db/database.js';
 import {
-  abandonStaleRuns,
+  beginRun,
+  describeRun,
+  failInterruptedScans,
   lastPublishedFullRun,
+  listPartitions,
   markFailed,
   markPartitionsPublished,
   markPublished,
+  notePublishAttempt,
   rawTableHasRows,
   recordRun,
   RunStateError,
   unfinishedRuns,
+  unpublishedRuns,
+  type RecordedRun,
 } from './db/runs.js';
-import type { Partition, PriceField, RunType, UpdatedWindow, Watermark, WorkItemMessage } from './domain.js';
-import { PermanentError, toError } from './errors.js';
+import type { BaseFilter, Partition, PriceField, RunType, UpdatedWindow, Watermark, WorkItemMessage } from './domain.js';
+import { PermanentError, StoppedError, toError } from './errors.js';
 import { scanDensity } from './heatmap.js';
 import type { Logger } from './log.js';
 import type { NivodaClient } from './nivoda/client.js';
@@ -43,6 +50,8 @@ export interface PlanDeps {
   watermarks: WatermarkStore;
   logger: Logger;
   now?: () => Date;
+  /** Heard after every count query of the scan (the terminal's progress line). */
+  onCount?: (price: number | undefined) => void;
 }
 
 export interface RunDeps extends PlanDeps {
@@ -56,15 +65,22 @@ export interface RunOptions {
   /** `--force`: let a full run empty the raw table although earlier runs are still being worked. */
   force?: boolean;
   runId?: string;
-  /** Aborted when this process lost the single-instance lock: stop before writing as a second scheduler. */
+  /** How this invocation names itself (host:pid:runId) in the run row. */
+  holder?: string;
+  /**
+   * Aborted when the process is asked to stop (SIGTERM) or lost the single-instance lock:
+   * the run stops at the next safe point (between count queries, between publish batches).
+   */
   signal?: AbortSignal;
 }
 
-export interface RunOutcome {
-  runId: string;
-  plan: Plan;
-  published: number;
-}
+export type RunOutcome =
+  | { kind: 'published'; runId: string; plan: Plan; published: number }
+  /** This invocation published the rest of runs an earlier one recorded but did not finish publishing. */
+  | { kind: 'finished'; runIds: string[]; published: number };
+
+/** Timestamps passed on are UTC with `Z`, whatever offset the watermark was written with. */
+const utc = (value: string): string => new Date(value).toISOString();
 
 /** Decides the run type and window (CONTRACT §1 steps 2–3); the watermark is read once, here. */
 export async function resolveWindow(
@@ -102,28 +118,35 @@ function rulesFor(config: Config, runType: RunType): PartitionRules {
 }
 
 /** Scans and partitions without writing or publishing anything: the `plan` command. */
-export async function plan(deps: PlanDeps, options: { full?: boolean } = {}): Promise<Plan> {
-  return scanWindow(deps, await resolveWindow(deps, options));
+export async function plan(deps: PlanDeps, options: { full?: boolean; signal?: AbortSignal } = {}): Promise<Plan> {
+  return scanWindow(deps, await resolveWindow(deps, options), options.signal);
 }
 
 type ResolvedWindow = Awaited<ReturnType<typeof resolveWindow>>;
 
 /** Scans a fixed window and partitions it (CONTRACT §1 steps 4–5). */
-async function scanWindow(deps: PlanDeps, { runType, window, watermark }: ResolvedWindow): Promise<Plan> {
+async function scanWindow(deps: PlanDeps, { runType, window, watermark }: ResolvedWindow, signal?: AbortSignal): Promise<Plan> {
   const { config, nivoda, logger } = deps;
   const scope: QueryScope = { baseQuery: config.nivoda.baseQuery, priceField: config.nivoda.priceField, window };
   const rules = rulesFor(config, runType);
   logger.info({ runType, window, strategy: config.heatmap.strategy }, 'scanning inventory density');
 
   const started = performance.now();
-  const scan = await scanDensity((bounds) => nivoda.count(diamondQuery(scope, bounds)), {
-    strategy: config.heatmap.strategy,
-    maxPrice: config.heatmap.maxPrice,
-    denseZoneThreshold: config.heatmap.denseZoneThreshold,
-    denseZoneStep: config.heatmap.denseZoneStep,
-    partitions: rules,
-    concurrency: config.nivoda.maxConcurrency,
-  });
+  const scan = await scanDensity(
+    async (bounds) => {
+      const count = await nivoda.count(diamondQuery(scope, bounds), signal);
+      deps.onCount?.(bounds.from);
+      return count;
+    },
+    {
+      strategy: config.heatmap.strategy,
+      maxPrice: config.heatmap.maxPrice,
+      denseZoneThreshold: config.heatmap.denseZoneThreshold,
+      denseZoneStep: config.heatmap.denseZoneStep,
+      partitions: rules,
+      concurrency: config.nivoda.maxConcurrency,
+    },
+  );
   const durationMs = Math.round(performance.now() - started);
   const partitions = planPartitions(scan, rules);
   logger.info(
@@ -134,7 +157,7 @@ async function scanWindow(deps: PlanDeps, { runType, window, watermark }: Resolv
     runType,
     updatedFrom: window.from ?? null,
     updatedTo: window.to,
-    watermarkBefore: runType === 'incremental' ? (watermark?.lastUpdatedAt ?? null) : null,
+    watermarkBefore: runType === 'incremental' && watermark ? utc(watermark.lastUpdatedAt) : null,
     totalRecords: scan.total,
     priceField: config.nivoda.priceField,
     partitions,
@@ -142,91 +165,177 @@ async function scanWindow(deps: PlanDeps, { runType, window, watermark }: Resolv
   };
 }
 
-/** The CONTRACT §3 message bodies of a planned run. */
-export function workItems(runId: string, planned: Plan): WorkItemMessage[] {
-  const incremental = planned.runType === 'incremental';
-  return planned.partitions.map((p) => ({
+/** What a work item is built from: a plan about to be recorded, or a recorded run being finished. */
+interface WorkItemSource {
+  runType: RunType;
+  watermarkBefore: string | null;
+  updatedFrom: string | null;
+  updatedTo: string;
+  priceField: PriceField;
+  baseQuery: BaseFilter;
+}
+
+/** The CONTRACT §3 message bodies of a run. */
+export function workItems(runId: string, run: WorkItemSource, partitions: readonly Partition[]): WorkItemMessage[] {
+  const incremental = run.runType === 'incremental';
+  return partitions.map((p) => ({
     runId,
     partitionId: p.partitionId,
     priceMin: p.priceMin,
     priceMax: p.priceMax,
     expectedRecords: p.expectedRecords,
     isIncremental: incremental,
-    ...(incremental && planned.watermarkBefore ? { watermarkBefore: planned.watermarkBefore } : {}),
-    priceField: planned.priceField,
-    ...(incremental && planned.updatedFrom ? { updatedFrom: planned.updatedFrom } : {}),
-    updatedTo: planned.updatedTo,
-    partitionCount: planned.partitions.length,
+    ...(incremental && run.watermarkBefore ? { watermarkBefore: utc(run.watermarkBefore) } : {}),
+    priceField: run.priceField,
+    ...(incremental && run.updatedFrom ? { updatedFrom: utc(run.updatedFrom) } : {}),
+    updatedTo: utc(run.updatedTo),
+    partitionCount: partitions.length,
+    query: run.baseQuery,
   }));
 }
 
 /**
- * The whole run (after the lock). The run and its partitions are recorded in one transaction before
- * anything is published (the table is the outbox): a crash between the two leaves a
- * 'scheduling' run that the next run marks abandoned, and the watermark, which only the
- * consolidator advances, still covers its window.
+ * The whole run (after the lock). A run recorded by an earlier invocation but not published
+ * is finished first, and is then this invocation's whole work (CONTRACT §1). Otherwise the run
+ * row is written at once ('scanning'), so every failure from here on leaves a visible 'failed'
+ * row; the run and its partitions are recorded in one transaction before anything is published
+ * (the table is the outbox), and the watermark, which only the consolidator advances, is not
+ * touched.
  */
 export async function run(deps: RunDeps, options: RunOptions = {}): Promise<RunOutcome> {
   const runId = options.runId ?? randomUUID();
+  const holder = options.holder ?? runId;
   const logger = deps.logger.child({ runId });
-  const { db, queue } = deps;
+  const { db } = deps;
 
-  const resolved = await resolveWindow(deps, options);
-  const full = resolved.runType === 'full';
-  // We hold the lock, so a run still 'scheduling' was left by a crashed scheduler. Marked
-  // before the guard below, which must see it if some of its work items went out.
-  const abandoned = await abandonStaleRuns(db);
-  if (abandoned > 0) logger.warn({ abandoned }, 'marked runs left unpublished by a crashed scheduler as abandoned');
-  // Before the scan, so a refused run spends none of the vendor's quota.
-  if (full && !options.force) await refuseWhileRunsAreWorked(db);
+  // We hold the lock, so a run still 'scanning' was left by a scheduler killed mid-scan.
+  const interrupted = await failInterruptedScans(db);
+  if (interrupted > 0) logger.warn({ interrupted }, 'marked runs left scanning by a stopped scheduler as failed');
+  const unpublished = await unpublishedRuns(db);
+  if (unpublished.length > 0) return finishUnpublished(deps, unpublished, holder, options.signal);
 
-  const planned = await scanWindow({ ...deps, logger }, resolved);
-  if (full && !options.force) await refuseSuspiciousFullScan(db, planned);
-
-  assertStillLocked(options.signal);
-  await recordRun(
-    db,
-    {
-      runId,
-      runType: planned.runType,
-      expectedWorkers: planned.partitions.length,
-      watermarkBefore: planned.watermarkBefore,
-      updatedFrom: planned.updatedFrom,
-      updatedTo: planned.updatedTo,
-      priceField: planned.priceField,
-      totalRecords: planned.totalRecords,
-      countQueries: planned.scan.countQueries,
-      scanDurationMs: planned.scan.durationMs,
-    },
-    planned.partitions,
-    { emptyRawTable: full },
-  );
-  logger.info({ runType: planned.runType, partitions: planned.partitions.length, emptiedRawTable: full }, 'run recorded');
-
-  let published: number;
+  await beginRun(db, { runId, holder });
+  let planned: Plan;
   try {
-    assertStillLocked(options.signal);
-    const progress = {
+    stopIfAsked(options.signal);
+    const resolved = await resolveWindow(deps, options);
+    await describeRun(db, runId, {
+      runType: resolved.runType,
+      watermarkBefore: resolved.watermark && resolved.runType === 'incremental' ? utc(resolved.watermark.lastUpdatedAt) : null,
+      updatedFrom: resolved.window.from ?? null,
+      updatedTo: resolved.window.to,
+      priceField: deps.config.nivoda.priceField,
+      baseQuery: deps.config.nivoda.baseQuery,
+    });
+    const full = resolved.runType === 'full';
+    // Before the scan, so a refused run spends none of the vendor's quota.
+    if (full && !options.force) await refuseWhileRunsAreWorked(db);
+    planned = await scanWindow({ ...deps, logger }, resolved, options.signal);
+    if (full && !options.force) await refuseSuspiciousFullScan(db, planned);
+    stopIfAsked(options.signal);
+    // A dead broker fails the run here, before the raw table is emptied.
+    await deps.queue.checkReachable();
+    stopIfAsked(options.signal);
+    await recordRun(
+      db,
+      {
+        runId,
+        runType: planned.runType,
+        expectedWorkers: planned.partitions.length,
+        watermarkBefore: planned.watermarkBefore,
+        updatedFrom: planned.updatedFrom,
+        updatedTo: planned.updatedTo,
+        priceField: planned.priceField,
+        baseQuery: deps.config.nivoda.baseQuery,
+        totalRecords: planned.totalRecords,
+        countQueries: planned.scan.countQueries,
+        scanDurationMs: planned.scan.durationMs,
+      },
+      planned.partitions,
+      { emptyRawTable: full },
+    );
+  } catch (thrown) {
+    await markFailed(db, runId, failureCause(thrown, options.signal)).catch((markError: unknown) =>
+      logger.error({ err: toError(markError) }, 'could not record the run as failed'),
+    );
+    throw thrown;
+  }
+  logger.info(
+    { runType: planned.runType, partitions: planned.partitions.length, emptiedRawTable: planned.runType === 'full' },
+    'run recorded',
+  );
+  const items = workItems(runId, { ...planned, baseQuery: deps.config.nivoda.baseQuery }, planned.partitions);
+  const published = await publishRecorded(deps, logger, runId, holder, items, options.signal);
+  return { kind: 'published', runId, plan: planned, published };
+}
+
+/** Publishes every work item of runs recorded earlier (same run id, same message ids), oldest first. */
+async function finishUnpublished(deps: RunDeps, runs: RecordedRun[], holder: string, signal: AbortSignal | undefined): Promise<RunOutcome> {
+  let published = 0;
+  for (const recorded of runs) {
+    const logger = deps.logger.child({ runId: recorded.runId });
+    logger.warn(
+      { status: recorded.status, recordedAt: recorded.recordedAt, publishAttempts: recorded.publishAttempts, error: recorded.error },
+      'finishing a run recorded by an earlier invocation whose work items were not all published (no new scan, raw table untouched)',
+    );
+    const partitions = await listPartitions(deps.db, recorded.runId);
+    const items = workItems(recorded.runId, { ...recorded, baseQuery: recorded.baseQuery ?? {} }, partitions);
+    published += await publishRecorded(deps, logger, recorded.runId, holder, items, signal);
+  }
+  return { kind: 'finished', runIds: runs.map((r) => r.runId), published };
+}
+
+/**
+ * Publishes a recorded run's work items and marks it published. A failure (after the queue's
+ * retries), a stop or a lost lease marks it failed with the cause; it stays recorded, so the
+ * next invocation publishes it again and the queue drops what already arrived.
+ */
+async function publishRecorded(
+  deps: RunDeps,
+  logger: Logger,
+  runId: string,
+  holder: string,
+  items: WorkItemMessage[],
+  signal: AbortSignal | undefined,
+): Promise<number> {
+  const { db, queue } = deps;
+  await notePublishAttempt(db, runId, holder);
+  try {
+    await queue.publish(items, {
+      signal,
       // Bookkeeping only: a failure to note it must not fail a publish that succeeded.
-      onSent: (items: WorkItemMessage[]) =>
+      onSent: (sent) =>
         markPartitionsPublished(
           db,
           runId,
-          items.map((item) => item.partitionId),
-        ).catch((err: unknown) => logger.warn({ err: toError(err) }, 'could not record which work items were published')),
-    };
-    published = (await queue.publish(workItems(runId, planned), progress)).published;
+          sent.map((item) => item.partitionId),
+        ).catch((err: unknown) => logger.warn({ err: toError(err) }, 'could not record which work items were acknowledged')),
+    });
   } catch (thrown) {
-    const error = toError(thrown);
-    await markFailed(db, runId, error.message).catch((markError: unknown) =>
+    const cause = failureCause(thrown, signal);
+    await markFailed(db, runId, cause).catch((markError: unknown) =>
       logger.error({ err: toError(markError) }, 'could not record the run as failed'),
     );
-    const emptied = full ? '; raw_diamonds_nivoda was already emptied, so run `run --full --force` once the queue is back' : '';
-    throw new Error(`publishing the work items of run ${runId} failed: ${error.message}${emptied}`, { cause: thrown });
+    const error = new Error(
+      `publishing the work items of run ${runId} stopped: ${cause}; the run stays recorded and the next invocation ` +
+        'publishes its work items again under the same run id (the queue drops the copies of those already out)',
+      { cause: thrown },
+    );
+    throw signal?.aborted ? new StoppedError(error.message, { cause: thrown }) : error;
   }
   await markPublishedPatiently(db, runId, logger);
-  logger.info({ published, queue: queue.kind }, 'run published');
-  return { runId, plan: planned, published };
+  logger.info({ published: items.length, queue: queue.kind }, 'run published');
+  return items.length;
+}
+
+/** Why a run stopped, as stored on its row: the stop or lease loss that aborted it, else the error itself. */
+function failureCause(thrown: unknown, signal: AbortSignal | undefined): string {
+  if (signal?.aborted) return `stopped: ${toError(signal.reason).message}`;
+  return toError(thrown).message;
+}
+
+function stopIfAsked(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new StoppedError(toError(signal.reason).message, { cause: signal.reason });
 }
 
 /**
@@ -243,7 +352,11 @@ async function markPublishedPatiently(db: Database, runId: string, logger: Logge
     retryable: (err) => !(err instanceof RunStateError),
     onRetry: ({ attempt, error }) => logger.warn({ err: toError(error), attempt }, 'recording the run as published failed, retrying'),
     onGiveUp: (err) =>
-      new Error(`every work item of run ${runId} was published, but recording it failed: ${toError(err).message}`, { cause: err }),
+      new Error(
+        `every work item of run ${runId} was published, but recording it failed: ${toError(err).message}; ` +
+          'the next invocation publishes them again (duplicates are dropped) and records it',
+        { cause: err },
+      ),
   });
 }
 
@@ -253,7 +366,8 @@ async function refuseWhileRunsAreWorked(db: Database): Promise<void> {
   if (busy.length === 0) return;
   throw new PermanentError(
     `a full run would empty raw_diamonds_nivoda while ${busy.length} earlier run(s) may still be worked ` +
-      `(${busy.map((r) => `${r.runId} ${r.status} ${r.startedAt}`).join(', ')}); wait for them or pass --force`,
+      `(${busy.map((r) => `${r.runId} ${r.status} ${r.startedAt}`).join(', ')}); wait for them to complete, ` +
+      '`abandon <runId>` a run that will never be worked, or pass --force',
   );
 }
 
@@ -275,9 +389,4 @@ async function refuseSuspiciousFullScan(db: Database, planned: Plan): Promise<vo
         `(${last.runId}); refusing to empty raw_diamonds_nivoda, or pass --force`,
     );
   }
-}
-
-function assertStillLocked(signal: AbortSignal | undefined): void {
-  if (signal?.aborted)
-    throw new Error('lost the single-instance lock during the run (lease expired and taken over); stopped before writing');
 }

@@ -32,6 +32,7 @@ function workItems(count: number, runId = RUN_ID): WorkItemMessage[] {
     updatedFrom: '2024-01-15T01:45:00.000Z',
     updatedTo: '2024-01-16T02:00:00.000Z',
     partitionCount: count,
+    query: {},
   }));
 }
 

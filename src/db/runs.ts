@@ -1,30 +1,46 @@
-// Run records (CONTRACT §1 step 6–7, §5): what the scheduler writes about each run, and the
-// questions it asks before starting one. Timestamps go in and come out as ISO-8601 strings,
-// the same on both backends.
+// Run records (CONTRACT §1, §5): what the scheduler writes about each run, and the questions it
+// asks before starting one. Timestamps go in and come out as ISO-8601 strings (UTC, `Z`), the
+// same on both backends.
+//
+// A run's life: 'scanning' (written as soon as the lock is held) → 'scheduling' (recorded with
+// its partitions; from here every work item counts as possibly on the queue) → 'published' →
+// 'completed' (the consolidator). Any step may end in 'failed' with the cause; a run that
+// failed after it was recorded (recorded_at set) is finished by the next invocation, never
+// re-scanned. 'abandoned' is only ever an operator's decision.
+import type { BaseQuery } from '../config.js';
 import type { Partition, PriceField, RunType } from '../domain.js';
 import { PermanentError } from '../errors.js';
 import { scrub } from '../log.js';
 import { iso, isoOrNull, type Database, type Queryable, type Row } from './database.js';
 
-export type RunStatus = 'scheduling' | 'published' | 'failed' | 'abandoned';
+export type RunStatus = 'scanning' | 'scheduling' | 'published' | 'completed' | 'failed' | 'abandoned';
 
 export interface RunRecord {
   runId: string;
-  runType: RunType;
+  /** Null while the run has not yet read the watermark (or failed before it could). */
+  runType: RunType | null;
   status: RunStatus;
   expectedWorkers: number;
   watermarkBefore: string | null;
   updatedFrom: string | null;
-  updatedTo: string;
-  priceField: string;
+  updatedTo: string | null;
+  priceField: PriceField | null;
+  baseQuery: BaseQuery | null;
   totalRecords: number;
   countQueries: number;
   scanDurationMs: number;
   startedAt: string;
+  /** When the run and its partitions were recorded (and a full run emptied the raw table). */
+  recordedAt: string | null;
   publishedAt: string | null;
   completedAt: string | null;
+  publishAttempts: number;
+  holder: string | null;
   error: string | null;
 }
+
+/** A recorded run: everything a work item is built from is known. */
+export type RecordedRun = RunRecord & { runType: RunType; updatedTo: string; priceField: PriceField; recordedAt: string };
 
 export interface NewRun {
   runId: string;
@@ -34,6 +50,7 @@ export interface NewRun {
   updatedFrom: string | null;
   updatedTo: string;
   priceField: PriceField;
+  baseQuery?: BaseQuery;
   totalRecords: number;
   countQueries: number;
   scanDurationMs: number;
@@ -54,13 +71,37 @@ export class RunStateError extends PermanentError {
 const MAX_ERROR_LENGTH = 4000;
 
 const RUN_COLUMNS = `run_id, run_type, status, expected_workers, watermark_before, updated_from, updated_to,
-  price_field, total_records, count_queries, scan_duration_ms, started_at, published_at, completed_at, error`;
+  price_field, base_query, total_records, count_queries, scan_duration_ms, started_at, recorded_at, published_at,
+  completed_at, publish_attempts, holder, error`;
+
+/** The row of a run that holds the lock and is about to read the watermark and scan. */
+export async function beginRun(db: Queryable, run: { runId: string; holder: string; startedAt?: string }): Promise<void> {
+  await db.query(
+    `INSERT INTO run_metadata (run_id, status, holder, started_at) VALUES ($1, 'scanning', $2, COALESCE($3::timestamptz, now()))`,
+    [run.runId, run.holder, run.startedAt ?? null],
+  );
+}
+
+/** What the run learnt from the watermark: its type and window (before the scan, so a failed scan shows them). */
+export async function describeRun(
+  db: Queryable,
+  runId: string,
+  run: Pick<NewRun, 'runType' | 'watermarkBefore' | 'updatedFrom' | 'updatedTo' | 'priceField' | 'baseQuery'>,
+): Promise<void> {
+  await db.query(
+    `UPDATE run_metadata SET run_type = $2, watermark_before = $3, updated_from = $4, updated_to = $5, price_field = $6,
+       base_query = $7::jsonb
+     WHERE run_id = $1 AND status = 'scanning'`,
+    [runId, run.runType, run.watermarkBefore, run.updatedFrom, run.updatedTo, run.priceField, JSON.stringify(run.baseQuery ?? {})],
+  );
+}
 
 /**
- * Writes the run (status 'scheduling') and its partitions in ONE transaction; with
+ * Records the run (status 'scheduling') and its partitions in ONE transaction; with
  * `emptyRawTable` (a full run) it also empties raw_diamonds_nivoda in that transaction, so
  * either all of it happens or none. TRUNCATE rather than DELETE: the table can hold millions
- * of rows, and TRUNCATE is transactional in PostgreSQL (rolled back with the rest).
+ * of rows, and TRUNCATE is transactional in PostgreSQL (rolled back with the rest). The run's
+ * 'scanning' row is completed; without one (beginRun not called) the row is created.
  */
 export async function recordRun(
   db: Database,
@@ -73,10 +114,17 @@ export async function recordRun(
     // TRUNCATE waits for an ACCESS EXCLUSIVE lock: if workers hold the table, fail the run
     // with a clear error instead of hanging while the lease keeps other schedulers out.
     await tx.exec(`SET LOCAL lock_timeout = ${lockTimeoutMs}`);
-    await tx.query(
-      `INSERT INTO run_metadata (run_id, run_type, status, expected_workers, watermark_before, updated_from,
-         updated_to, price_field, total_records, count_queries, scan_duration_ms, started_at)
-       VALUES ($1, $2, 'scheduling', $3, $4, $5, $6, $7, $8, $9, $10, COALESCE($11::timestamptz, now()))`,
+    const rows = await tx.query(
+      `INSERT INTO run_metadata AS r (run_id, run_type, status, expected_workers, watermark_before, updated_from,
+         updated_to, price_field, base_query, total_records, count_queries, scan_duration_ms, started_at, recorded_at)
+       VALUES ($1, $2, 'scheduling', $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, COALESCE($12::timestamptz, now()), now())
+       ON CONFLICT (run_id) DO UPDATE SET run_type = EXCLUDED.run_type, status = 'scheduling',
+         expected_workers = EXCLUDED.expected_workers, watermark_before = EXCLUDED.watermark_before,
+         updated_from = EXCLUDED.updated_from, updated_to = EXCLUDED.updated_to, price_field = EXCLUDED.price_field,
+         base_query = EXCLUDED.base_query, total_records = EXCLUDED.total_records, count_queries = EXCLUDED.count_queries,
+         scan_duration_ms = EXCLUDED.scan_duration_ms, recorded_at = now()
+       WHERE r.status = 'scanning'
+       RETURNING run_id`,
       [
         run.runId,
         run.runType,
@@ -85,12 +133,14 @@ export async function recordRun(
         run.updatedFrom,
         run.updatedTo,
         run.priceField,
+        JSON.stringify(run.baseQuery ?? {}),
         run.totalRecords,
         run.countQueries,
         run.scanDurationMs,
         run.startedAt ?? null,
       ],
     );
+    if (rows.length === 0) throw new RunStateError(await whyNot(tx, run.runId, 'scanning'));
     await insertPartitions(tx, run.runId, partitions);
     if (options.emptyRawTable) await tx.exec('TRUNCATE TABLE raw_diamonds_nivoda');
   });
@@ -111,23 +161,37 @@ async function insertPartitions(tx: Queryable, runId: string, partitions: Partit
   );
 }
 
-/** Every work item is on the queue: the run and its partitions become published. Throws unless the run is 'scheduling'. */
+/** One more invocation is publishing this recorded run's work items (the first, or one finishing it). */
+export async function notePublishAttempt(db: Queryable, runId: string, holder: string): Promise<void> {
+  await db.query(
+    `UPDATE run_metadata SET publish_attempts = publish_attempts + 1, holder = $2, status = 'scheduling'
+     WHERE run_id = $1 AND recorded_at IS NOT NULL AND status IN ('scheduling', 'failed')`,
+    [runId, holder],
+  );
+}
+
+/**
+ * Every work item is on the queue: the run and its partitions become published. A run that
+ * failed after it was recorded may be published too (it is being finished). Throws RunStateError
+ * for any other state.
+ */
 export async function markPublished(db: Database, runId: string): Promise<void> {
   await db.transaction(async (tx) => {
     const rows = await tx.query(
       // A run without work items has nothing for workers or the consolidator: it is complete at once,
       // so it never holds back a later full run.
-      `UPDATE run_metadata SET status = 'published', published_at = now(),
+      `UPDATE run_metadata SET published_at = now(), error = NULL,
+         status = CASE WHEN expected_workers = 0 THEN 'completed' ELSE 'published' END,
          completed_at = CASE WHEN expected_workers = 0 THEN now() ELSE completed_at END
-       WHERE run_id = $1 AND status = 'scheduling' RETURNING run_id`,
+       WHERE run_id = $1 AND recorded_at IS NOT NULL AND status IN ('scheduling', 'failed') RETURNING run_id`,
       [runId],
     );
-    if (rows.length === 0) throw new RunStateError(await whyNotScheduling(tx, runId));
+    if (rows.length === 0) throw new RunStateError(await whyNot(tx, runId, 'scheduling'));
     await tx.query('UPDATE run_partitions SET published_at = now() WHERE run_id = $1 AND published_at IS NULL', [runId]);
   });
 }
 
-/** Records which work items the queue accepted, so the guard knows a failed run's items are out. */
+/** Records which work items the queue acknowledged (information for operators: an unacknowledged one may be out too). */
 export async function markPartitionsPublished(db: Queryable, runId: string, partitionIds: readonly string[]): Promise<void> {
   if (partitionIds.length === 0) return;
   await db.query(
@@ -137,16 +201,59 @@ export async function markPartitionsPublished(db: Queryable, runId: string, part
 }
 
 /**
- * The scheduler gave up on a run it recorded. Returns false (and changes nothing) when the run
- * is no longer 'scheduling' or does not exist: this is called on error paths, where throwing
- * would hide the error that matters. The message is scrubbed of secrets before it is stored.
+ * The run stopped with `error` ('scanning' or 'scheduling' → 'failed'). Returns false (and
+ * changes nothing) when the run is in another state or does not exist: this is called on error
+ * paths, where throwing would hide the error that matters. The message is scrubbed of secrets.
  */
-export async function markFailed(db: Database, runId: string, error: string): Promise<boolean> {
+export async function markFailed(db: Queryable, runId: string, error: string): Promise<boolean> {
   const rows = await db.query(
-    `UPDATE run_metadata SET status = 'failed', error = $2 WHERE run_id = $1 AND status = 'scheduling' RETURNING run_id`,
+    `UPDATE run_metadata SET status = 'failed', error = $2 WHERE run_id = $1 AND status IN ('scanning', 'scheduling') RETURNING run_id`,
     [runId, scrub(error).slice(0, MAX_ERROR_LENGTH)],
   );
   return rows.length > 0;
+}
+
+/**
+ * Marks every 'scanning' run failed. Call only while holding the single-instance lock: then
+ * no live scheduler is scanning, so such a run was left by one that was killed during its
+ * scan. Nothing of it was recorded or published.
+ */
+export async function failInterruptedScans(db: Queryable): Promise<number> {
+  const rows = await db.query(
+    `UPDATE run_metadata SET status = 'failed',
+       error = COALESCE(error, 'the scheduler stopped during the scan (killed or crashed); nothing was recorded or published')
+     WHERE status = 'scanning' RETURNING run_id`,
+  );
+  return rows.length;
+}
+
+/** Recorded runs whose work items were not all published (publish failed, process killed or stopped), oldest first. */
+export async function unpublishedRuns(db: Queryable): Promise<RecordedRun[]> {
+  const rows = await db.query(
+    `SELECT ${RUN_COLUMNS} FROM run_metadata WHERE recorded_at IS NOT NULL AND status IN ('scheduling', 'failed')
+     ORDER BY started_at, run_id`,
+  );
+  return rows.map(toRunRecord) as RecordedRun[];
+}
+
+/**
+ * An operator's decision that a run's work items are not to be worked (workers settle them
+ * without fetching, and the run never moves the watermark). The only way a run becomes
+ * 'abandoned'. A completed run cannot be abandoned. Returns the status it had.
+ */
+export async function abandonRun(db: Database, runId: string, reason: string): Promise<RunStatus> {
+  return db.transaction(async (tx) => {
+    const rows = await tx.query<{ status: RunStatus }>('SELECT status FROM run_metadata WHERE run_id = $1 FOR UPDATE', [runId]);
+    const before = rows[0]?.status;
+    if (!before) throw new RunStateError(`run ${runId} does not exist`);
+    if (before === 'completed') throw new RunStateError(`run ${runId} is completed; there is nothing to abandon`);
+    if (before === 'abandoned') return before;
+    await tx.query(`UPDATE run_metadata SET status = 'abandoned', error = $2 WHERE run_id = $1`, [
+      runId,
+      scrub(`abandoned by an operator: ${reason}`).slice(0, MAX_ERROR_LENGTH),
+    ]);
+    return before;
+  });
 }
 
 /** The last runs, newest first. */
@@ -177,26 +284,19 @@ export async function listPartitions(db: Queryable, runId: string): Promise<Part
 
 /**
  * Runs whose workers may still be writing to the raw table, so a full run must not empty it
- * (unless forced): published and not completed by the consolidator; and failed or abandoned
- * runs of the last RECENTLY_PUBLISHED_HOURS of which some work item reached the queue before
- * the failure. Runs without work items never count. Oldest first.
+ * (unless forced): every recorded run with work items that is neither completed nor abandoned.
+ * An acknowledgement that never arrived proves nothing, so it does not matter how many of its
+ * items the queue confirmed. Oldest first.
  */
 export async function unfinishedRuns(db: Queryable): Promise<RunRecord[]> {
   const rows = await db.query(
     `SELECT ${RUN_COLUMNS} FROM run_metadata
-     WHERE completed_at IS NULL AND expected_workers > 0
-       AND (status = 'published'
-            OR (status IN ('failed', 'abandoned') AND started_at > now() - make_interval(hours => $1)
-                AND EXISTS (SELECT 1 FROM run_partitions p
-                            WHERE p.run_id = run_metadata.run_id AND p.published_at IS NOT NULL)))
+     WHERE recorded_at IS NOT NULL AND completed_at IS NULL AND expected_workers > 0
+       AND status IN ('scheduling', 'published', 'failed')
      ORDER BY started_at, run_id`,
-    [RECENTLY_PUBLISHED_HOURS],
   );
   return rows.map(toRunRecord);
 }
-
-/** How long the work items of a failed or abandoned run are assumed to be in workers' hands. */
-export const RECENTLY_PUBLISHED_HOURS = 12;
 
 /** Whether the raw table holds anything a full run would throw away. */
 export async function rawTableHasRows(db: Queryable): Promise<boolean> {
@@ -207,47 +307,37 @@ export async function rawTableHasRows(db: Queryable): Promise<boolean> {
 /** The last full run that published its work items: the yardstick for a suspiciously small full scan. */
 export async function lastPublishedFullRun(db: Queryable): Promise<RunRecord | undefined> {
   const rows = await db.query(
-    `SELECT ${RUN_COLUMNS} FROM run_metadata WHERE run_type = 'full' AND status = 'published'
+    `SELECT ${RUN_COLUMNS} FROM run_metadata WHERE run_type = 'full' AND status IN ('published', 'completed')
      ORDER BY started_at DESC, run_id DESC LIMIT 1`,
   );
   return rows[0] ? toRunRecord(rows[0]) : undefined;
 }
 
-/**
- * Marks every 'scheduling' run as 'abandoned'. Call only while holding the single-instance
- * lock: then no live scheduler is writing one, so any such run was left by a crashed one.
- * Some of its work items may already be on the queue, so unfinishedRuns still counts it for a while.
- */
-export async function abandonStaleRuns(db: Queryable): Promise<number> {
-  const rows = await db.query(
-    `UPDATE run_metadata SET status = 'abandoned',
-       error = COALESCE(error, 'abandoned: the scheduler stopped before publishing every work item')
-     WHERE status = 'scheduling' RETURNING run_id`,
-  );
-  return rows.length;
-}
-
 function toRunRecord(row: Row): RunRecord {
   return {
     runId: String(row.run_id),
-    runType: row.run_type as RunType,
+    runType: (row.run_type ?? null) as RunType | null,
     status: row.status as RunStatus,
     expectedWorkers: Number(row.expected_workers),
     watermarkBefore: isoOrNull(row.watermark_before),
     updatedFrom: isoOrNull(row.updated_from),
-    updatedTo: iso(row.updated_to),
-    priceField: String(row.price_field),
+    updatedTo: isoOrNull(row.updated_to),
+    priceField: (row.price_field ?? null) as PriceField | null,
+    baseQuery: (typeof row.base_query === 'string' ? JSON.parse(row.base_query) : (row.base_query ?? null)) as BaseQuery | null,
     totalRecords: Number(row.total_records),
     countQueries: Number(row.count_queries),
     scanDurationMs: Number(row.scan_duration_ms),
     startedAt: iso(row.started_at),
+    recordedAt: isoOrNull(row.recorded_at),
     publishedAt: isoOrNull(row.published_at),
     completedAt: isoOrNull(row.completed_at),
+    publishAttempts: Number(row.publish_attempts),
+    holder: typeof row.holder === 'string' ? row.holder : null,
     error: typeof row.error === 'string' ? row.error : null,
   };
 }
 
-async function whyNotScheduling(tx: Queryable, runId: string): Promise<string> {
+async function whyNot(tx: Queryable, runId: string, wanted: string): Promise<string> {
   const rows = await tx.query('SELECT status FROM run_metadata WHERE run_id = $1', [runId]);
-  return rows[0] ? `run ${runId} is ${String(rows[0].status)}, not scheduling` : `run ${runId} does not exist`;
+  return rows[0] ? `run ${runId} is ${String(rows[0].status)}, not ${wanted}` : `run ${runId} does not exist`;
 }

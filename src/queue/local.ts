@@ -3,7 +3,7 @@
 import type { Database } from '../db/database.js';
 import type { WorkItemMessage } from '../domain.js';
 import type { Logger } from '../log.js';
-import { toEnvelope, type LocalWorkItemQueue, type PeekedWorkItem, type PublishProgress } from './queue.js';
+import { stopIfAsked, toEnvelope, type LocalWorkItemQueue, type PeekedWorkItem, type PublishProgress } from './queue.js';
 
 /** Rows per INSERT: keeps each statement's JSON parameter modest for thousands of items. */
 const CHUNK = 500;
@@ -18,6 +18,7 @@ interface PeekRow extends Record<string, unknown> {
 
 export class LocalQueue implements LocalWorkItemQueue {
   readonly kind = 'local' as const;
+  readonly location = 'local queue (table local_work_items)';
   private readonly logger: Logger;
 
   constructor(
@@ -27,8 +28,14 @@ export class LocalQueue implements LocalWorkItemQueue {
     this.logger = logger.child({ queue: 'local_work_items', backend: 'local' });
   }
 
+  /** The table lives in the database the caller has just opened. */
+  async checkReachable(): Promise<void> {
+    await this.db.query('SELECT 1 FROM local_work_items LIMIT 0');
+  }
+
   async publish(items: WorkItemMessage[], progress?: PublishProgress): Promise<{ published: number }> {
     if (items.length === 0) return { published: 0 };
+    stopIfAsked(progress?.signal);
     const rows = items.map((item) => {
       const envelope = toEnvelope(item);
       return {
@@ -59,7 +66,7 @@ export class LocalQueue implements LocalWorkItemQueue {
       return count;
     });
     this.logger.info({ published: items.length, inserted, duplicates: items.length - inserted }, 'work items queued locally');
-    await progress?.onSent(items);
+    await progress?.onSent?.(items);
     return { published: items.length };
   }
 

@@ -5,17 +5,31 @@ import type { WorkItemMessage } from '../domain.js';
 
 export interface WorkItemQueue {
   readonly kind: 'servicebus' | 'local';
+  /** Where the work items go, for the log line naming a run's backends; never contains secrets. */
+  readonly location: string;
+  /**
+   * Proves the queue can take messages now (connects and opens a sender), so a dead broker
+   * fails a run before anything is recorded or emptied.
+   */
+  checkReachable(): Promise<void>;
   /**
    * Publishes every item, or throws; a re-publish of the same run/partition is dropped as a
-   * duplicate by messageId. `onSent` hears of every group of items the broker has accepted, so a
-   * failed publish still tells which work items are out.
+   * duplicate by messageId. `onSent` hears of every group of items the broker has accepted.
+   * When `signal` aborts, publishing stops after the batch in flight and throws its reason.
    */
   publish(items: WorkItemMessage[], progress?: PublishProgress): Promise<{ published: number }>;
   close(): Promise<void>;
 }
 
 export interface PublishProgress {
-  onSent(items: WorkItemMessage[]): Promise<void>;
+  onSent?(items: WorkItemMessage[]): Promise<void>;
+  /** Stop between batches (SIGTERM, a lost lease). */
+  signal?: AbortSignal;
+}
+
+/** Throws the stop reason when `signal` has aborted: called between batches, never mid-batch. */
+export function stopIfAsked(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason));
 }
 
 export interface PeekedWorkItem {

@@ -11,10 +11,10 @@ import {
   type ServiceBusSender,
 } from '@azure/service-bus';
 import type { WorkItemMessage } from '../domain.js';
-import { PermanentError, TransientError, toError } from '../errors.js';
+import { isTransient, PermanentError, TransientError, toError } from '../errors.js';
 import { registerSecret, scrub, type Logger } from '../log.js';
 import { withRetry, type RetryPolicy } from '../retry.js';
-import { toEnvelope, type PublishProgress, type WorkItemQueue } from './queue.js';
+import { stopIfAsked, toEnvelope, type PublishProgress, type WorkItemQueue } from './queue.js';
 
 export interface ServiceBusSdkRetryOptions {
   maxRetries?: number;
@@ -34,6 +34,7 @@ const DEFAULT_SDK_RETRY: Required<ServiceBusSdkRetryOptions> = { maxRetries: 2, 
 
 export class ServiceBusQueue implements WorkItemQueue {
   readonly kind = 'servicebus' as const;
+  readonly location: string;
   private readonly client: ServiceBusClient;
   private sender: ServiceBusSender | undefined;
   private readonly queueName: string;
@@ -45,16 +46,46 @@ export class ServiceBusQueue implements WorkItemQueue {
     this.logger = deps.logger.child({ queue: target.queueName, backend: 'servicebus' });
     this.retry = { ...DEFAULT_PUBLISH_RETRY, ...deps.retry };
     const retryOptions = { ...DEFAULT_SDK_RETRY, ...deps.serviceBus };
+    const host = 'connectionString' in target ? endpointHost(target.connectionString) : namespaceHost(target.namespace);
+    this.location = `Service Bus queue "${target.queueName}" in ${host}`;
     if ('connectionString' in target) {
       // The key must never surface in a log line or an error text, whatever shape it hides in.
       registerSecret(/SharedAccessKey=([^;]+)/i.exec(target.connectionString)?.[1]);
       registerSecret(/SharedAccessSignature=([^;]+)/i.exec(target.connectionString)?.[1]);
       this.client = new ServiceBusClient(target.connectionString, { retryOptions });
     } else {
-      // The SDK wants the fully qualified host; accept the bare namespace name operators tend to write.
-      const host = target.namespace.includes('.') ? target.namespace : `${target.namespace}.servicebus.windows.net`;
       this.client = new ServiceBusClient(host, new DefaultAzureCredential(), { retryOptions });
     }
+  }
+
+  async checkReachable(): Promise<void> {
+    await withRetry(
+      async () => {
+        try {
+          this.sender ??= this.client.createSender(this.queueName);
+          // Creating a batch needs the connection, the token exchange and the sender link: the whole path.
+          await this.sender.createMessageBatch();
+        } catch (thrown) {
+          await this.resetSender();
+          throw classify(toError(thrown));
+        }
+      },
+      {
+        ...this.retry,
+        onRetry: ({ attempt, delayMs, error }) =>
+          this.logger.warn(
+            { attempt, delayMs: Math.round(delayMs), error: scrub(toError(error).message) },
+            'Service Bus not reachable yet, retrying',
+          ),
+        onGiveUp: (error) => {
+          const cause = toError(error);
+          const message = scrub(`${this.location} is not reachable: ${cause.message}`);
+          return cause instanceof TransientError
+            ? new TransientError(message, { cause: cause.cause ?? cause })
+            : new PermanentError(message, { cause });
+        },
+      },
+    );
   }
 
   async publish(items: WorkItemMessage[], progress?: PublishProgress): Promise<{ published: number }> {
@@ -74,6 +105,8 @@ export class ServiceBusQueue implements WorkItemQueue {
       },
       {
         ...this.retry,
+        // A stop between batches is not a failure to retry.
+        retryable: (error) => isTransient(error) && !progress?.signal?.aborted,
         onRetry: ({ attempt, delayMs, error }) =>
           this.logger.warn(
             { attempt, attempts: this.retry.attempts, delayMs: Math.round(delayMs), error: scrub(toError(error).message) },
@@ -81,6 +114,7 @@ export class ServiceBusQueue implements WorkItemQueue {
           ),
         onGiveUp: (error, { attempts, reason }) => {
           const cause = toError(error);
+          if (progress?.signal?.aborted) return progress.signal.reason as unknown;
           if (cause instanceof PermanentError && !(cause instanceof ServiceBusFailure)) return cause;
           const message = scrub(`${what} failed${reason === 'permanent' ? '' : ` after ${attempts} attempts`}: ${cause.message}`);
           // The SDK's own error stays the cause: its code is what an operator searches for.
@@ -103,9 +137,10 @@ export class ServiceBusQueue implements WorkItemQueue {
     let inBatch: WorkItemMessage[] = [];
     let sent = 0;
     const send = async () => {
+      stopIfAsked(progress?.signal);
       await sender.sendMessages(batch);
       sent++;
-      await progress?.onSent(inBatch);
+      await progress?.onSent?.(inBatch);
     };
     for (const item of items) {
       const message = toServiceBusMessage(item);
@@ -176,4 +211,15 @@ function describe(error: Error): string {
     return `cannot connect to the Service Bus namespace: ${message}`;
   }
   return typeof code === 'string' && code !== '' && !message.includes(code) ? `${message} (${code})` : message;
+}
+
+/** The namespace host of a connection string, for messages (the key is never part of it). */
+function endpointHost(connectionString: string): string {
+  const endpoint = /Endpoint=([^;]+)/i.exec(connectionString)?.[1];
+  return endpoint && URL.canParse(endpoint) ? new URL(endpoint).host : '(unparsable endpoint)';
+}
+
+/** The SDK wants the fully qualified host; accept the bare namespace name operators tend to write. */
+function namespaceHost(namespace: string): string {
+  return namespace.includes('.') ? namespace : `${namespace}.servicebus.windows.net`;
 }
