@@ -2,6 +2,8 @@
 // real @azure/service-bus SDK in peek-lock mode: deliveries, settlement, lock expiry and renewal,
 // the max delivery count, the dead-letter queue, and competing receivers.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, test } from 'node:test';
 import {
@@ -376,6 +378,45 @@ describe('Service Bus peer: receiver side (real SDK, peek-lock)', () => {
       );
       assert.equal(peer.counters.delivered, total, 'no redelivery');
       assert.equal(peer.activeCount(QUEUE), 0);
+    });
+  });
+
+  test('a receiver process killed (SIGKILL) while holding a lock: the message comes back once the lock runs out', async () => {
+    await withPeer({ lockDurationMs: 1500 }, async ({ peer, send, receiver }) => {
+      await send(1);
+      // A separate process receives and then hangs, holding the lock, until it is killed.
+      const script = `
+        import { ServiceBusClient } from '@azure/service-bus';
+        const client = new ServiceBusClient(process.env.SB_CONNECTION_STRING);
+        const receiver = client.createReceiver('${QUEUE}', { maxAutoLockRenewalDurationInMs: 60000 });
+        const [m] = await receiver.receiveMessages(1, { maxWaitTimeInMs: 10000 });
+        process.stdout.write((m?.lockToken ?? 'none') + '\\n');
+        setInterval(() => {}, 1000);
+      `;
+      const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+        env: { ...process.env, SB_CONNECTION_STRING: peer.connectionString() },
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      try {
+        const [chunk] = (await once(child.stdout, 'data')) as [Buffer];
+        const childLock = chunk.toString('utf8').trim();
+        assert.match(childLock, UUID, 'the child received the message');
+        assert.equal(peer.lockedCount(QUEUE), 1);
+        child.kill('SIGKILL');
+        await once(child, 'exit');
+
+        const r = receiver();
+        const [again] = await receiveAll(r, 1);
+        assert.ok(again, 'redelivered after the dead process lock ran out');
+        assert.equal(again.messageId, 'm-1');
+        assert.equal(again.deliveryCount, 1);
+        assert.notEqual(again.lockToken, childLock);
+        await r.completeMessage(again);
+        assert.equal(peer.counters.lockExpiries, 1);
+        assert.equal(peer.counters.delivered, 2);
+      } finally {
+        if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      }
     });
   });
 

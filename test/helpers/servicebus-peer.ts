@@ -540,7 +540,8 @@ export async function startServiceBusPeer(options: ServiceBusPeerOptions = {}): 
     const count = entity.links.length;
     for (let i = 0; i < count; i++) {
       const link = entity.links[(entity.nextLink + i) % count];
-      if (link && creditLeft(link) > 0) {
+      // sendable(): rhea's own check also covers a session whose outgoing buffer is full.
+      if (link && link.sender.sendable() && creditLeft(link) > 0) {
         entity.nextLink = (entity.nextLink + i + 1) % count;
         return link;
       }
