@@ -308,7 +308,8 @@ describe('Service Bus peer: receiver side (real SDK, peek-lock)', () => {
   });
 
   test('subscribe() with auto-renewal holds the lock through processing longer than the lock duration', async () => {
-    await withPeer({ lockDurationMs: 2000 }, async ({ peer, send, receiver }) => {
+    // The SDK renews halfway through a short lock: with 3 s that leaves a busy machine 1.5 s of slack.
+    await withPeer({ lockDurationMs: 3000 }, async ({ peer, send, receiver }) => {
       await send(1);
       const r = receiver({ maxAutoLockRenewalDurationInMs: 60_000 });
       let resolveDone: (m: ServiceBusReceivedMessage) => void = () => {};
@@ -317,7 +318,7 @@ describe('Service Bus peer: receiver side (real SDK, peek-lock)', () => {
       const subscription = r.subscribe(
         {
           processMessage: async (m) => {
-            await sleep(5000); // 2.5 lock durations
+            await sleep(6500); // more than two lock durations
             await r.completeMessage(m);
             resolveDone(m);
           },

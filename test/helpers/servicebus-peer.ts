@@ -58,7 +58,7 @@ export interface QueuedMessage {
 export interface QueueOptions {
   /** Deliveries before the service dead-letters a message (Service Bus default 10). */
   maxDeliveryCount?: number;
-  /** How long a peek-lock lasts unless renewed (Service Bus default 60 s; tests use a few seconds). */
+  /** How long a peek-lock lasts unless renewed (default 30 s; the service's is 60 s; tests use a few seconds). */
   lockDurationMs?: number;
 }
 
