@@ -591,9 +591,14 @@ async function sendInventory(res: ServerResponse, snapshot: InventorySnapshot): 
     let chunk = '';
     for (let i = start; i < Math.min(inv.size, start + 2000); i++) chunk += `${JSON.stringify(stoneRow(inv, i))}\n`;
     if (!res.write(chunk)) {
-      await new Promise((resolve) => {
-        res.once('drain', resolve);
-        res.once('close', resolve);
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          res.off('drain', done);
+          res.off('close', done);
+          resolve();
+        };
+        res.on('drain', done);
+        res.on('close', done);
       });
     }
   }
