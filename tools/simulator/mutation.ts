@@ -106,6 +106,19 @@ function setColumn(inv: Inventory, name: ColumnName, column: Column): void {
   (inv as unknown as Record<ColumnName, Column>)[name] = column;
 }
 
+/** The first row whose (price, id) is not below (price, id): where an entering stone goes. */
+function insertionPoint(inv: Inventory, price: number, id: number): number {
+  let lo = 0;
+  let hi = inv.size;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    const p = inv.priceCents[mid]!;
+    if (p < price || (p === price && inv.ids[mid]! < id)) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
 /** `count` distinct rows not yet taken, marked in `taken`. */
 function pickRows(rand: () => number, n: number, count: number, taken: Uint8Array): number[] {
   const rows: number[] = [];
@@ -197,30 +210,43 @@ export function mutateInventory(inv: Inventory, spec: MutationSpec, rand: () => 
   }
   for (let k = 0; k < spikeCount; k++) addStone(spike!.priceCents);
 
-  // Merge: the kept rows are already in (price, id) order; the entering ones are sorted and
-  // merged in. `source[k]` >= 0 is an old row, < 0 is entering stone ~source[k].
+  // Merge: the kept rows are already in (price, id) order and few rows change, so the new
+  // columns are runs of old rows copied in bulk, with the (sorted) entering stones between them.
+  // A plan of segments: [oldFrom, oldTo) runs, or ~e for entering stone e.
   const entering = Uint32Array.from({ length: m }, (_, k) => k);
   entering.sort((a, b) => moved.priceCents[a]! - moved.priceCents[b]! || moved.ids[a]! - moved.ids[b]!);
-  const size = n - removedRows.length - repricedRows.length - touchedRows.length + m;
-  const source = new Int32Array(size);
-  for (let k = 0, i = 0, j = 0; k < size; k++) {
-    while (i < n && taken[i]) i++;
-    if (j >= m) source[k] = i++;
-    else if (i >= n) source[k] = ~entering[j++]!;
-    else {
-      const e = entering[j]!;
-      const oldFirst =
-        inv.priceCents[i]! < moved.priceCents[e]! || (inv.priceCents[i] === moved.priceCents[e] && inv.ids[i]! < moved.ids[e]!);
-      source[k] = oldFirst ? i++ : ~entering[j++]!;
+  const plan: number[] = []; // pairs: (from, to) for a run, (~e, 0) for an entering stone
+  let cursor = 0;
+  const copyUpTo = (end: number): void => {
+    // Old rows [cursor, end), minus the leaving ones.
+    while (cursor < end) {
+      while (cursor < end && taken[cursor]) cursor++;
+      let stop = cursor;
+      while (stop < end && !taken[stop]) stop++;
+      if (stop > cursor) plan.push(cursor, stop);
+      cursor = stop;
     }
+  };
+  for (let j = 0; j < m; j++) {
+    const e = entering[j]!;
+    copyUpTo(insertionPoint(inv, moved.priceCents[e]!, moved.ids[e]!));
+    plan.push(~e, 0);
   }
+  copyUpTo(n);
+  const size = n - repricedRows.length - touchedRows.length - removedRows.length + m;
   for (const name of COLUMNS) {
     const from = inv[name];
     const extra = moved[name];
     const out = newColumn(from, size);
-    for (let k = 0; k < size; k++) {
-      const s = source[k]!;
-      out[k] = s >= 0 ? from[s]! : extra[~s]!;
+    let k = 0;
+    for (let p = 0; p < plan.length; p += 2) {
+      const a = plan[p]!;
+      if (a < 0) out[k++] = extra[~a]!;
+      else {
+        // `out` has `from`'s element type (newColumn); TypeScript cannot see it through the union.
+        (out as Int32Array).set((from as Int32Array).subarray(a, plan[p + 1]), k);
+        k += plan[p + 1]! - a;
+      }
     }
     setColumn(inv, name, out);
   }
