@@ -3,6 +3,7 @@
 // Expected sets come from snapshot().stones() filtered by a naive reading of the contract, not
 // from the simulator's own search code.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 import type { DiamondQuery } from '../src/nivoda/query.js';
 import { generateInventory, type OrderDirection, type OrderType } from '../tools/simulator/inventory.js';
@@ -301,6 +302,33 @@ describe('live churn while paging', () => {
     }
   });
 
+  it('with a lagging vendor clock, changed and new stones stay in the window and a naive pager reads some twice', async () => {
+    // The window ends at this machine's now; the vendor's clock is an hour behind, so every
+    // change lands inside the window: repriced stones move within the listing, new ones enter.
+    const inventory = generateInventory('realistic', { size: 30_000, seed: 8, now: NOW });
+    const sim = await startSimulator({ inventory, churnRate: 0.2, churnEveryRequests: 5, clockOffsetMs: -3_600_000 });
+    try {
+      const token = await tokenFor(sim);
+      const q: DiamondQuery = { dollar_value: { from: 1000, to: 2999 }, updated: { to: new Date().toISOString() } };
+      const ids: string[] = [];
+      for (let offset = 0; ; offset += 50) {
+        const res = await gql(sim.url, SEARCH, { t: token, q, o: offset, l: 50, ord: order });
+        const items = (res.body.data!.as as { diamonds_by_query: { items: Item[] } }).diamonds_by_query.items;
+        ids.push(...items.map((i) => i.diamond.id));
+        if (items.length < 50) break;
+      }
+      assert.ok(Date.parse(sim.now().toISOString()) < Date.now() - 3_500_000, 'the simulator clock lags');
+      const changed = sim.mutations().flatMap((m) => [...m.repriced, ...m.added]);
+      assert.ok(
+        changed.every((c) => Date.parse(c.updated) <= Date.parse(q.updated!.to!)),
+        'changes land inside the window',
+      );
+      assert.ok(duplicates(ids) > 0, `duplicates: ${duplicates(ids)}`);
+    } finally {
+      await sim.close();
+    }
+  });
+
   it('applies churn in batches at the configured rate of served searches', async () => {
     const { sim, search } = await client({ shape: 'realistic', size: 10_000, seed: 3, churnRate: 0.05, churnEveryRequests: 4 });
     try {
@@ -396,5 +424,26 @@ describe('an inventory passed in', () => {
     } finally {
       await sim.close();
     }
+  });
+});
+
+describe('npm run simulator flags', () => {
+  it('takes the churn and short-page knobs and refuses bad ones by name', async () => {
+    const run = (...args: string[]) =>
+      new Promise<{ code: number | null; err: string }>((resolve) => {
+        const child = spawn(process.execPath, ['--import', 'tsx', 'tools/simulator/main.ts', ...args], {
+          cwd: new URL('..', import.meta.url),
+          stdio: ['ignore', 'ignore', 'pipe'],
+        });
+        let err = '';
+        child.stderr.setEncoding('utf8').on('data', (chunk: string) => (err += chunk));
+        child.once('exit', (code) => resolve({ code, err }));
+      });
+    const badMix = await run('--port', '0', '--shape', 'empty', '--churn-mix', 'reprice=1,explode=2');
+    assert.equal(badMix.code, 2);
+    assert.match(badMix.err, /--churn-mix \(SIMULATOR_CHURN_MIX\) must be a list like reprice=/);
+    const badRate = await run('--port', '0', '--shape', 'empty', '--short-page-rate', '1.5');
+    assert.equal(badRate.code, 2);
+    assert.match(badRate.err, /--short-page-rate \(SIMULATOR_SHORT_PAGE_RATE\) must be a number in \[0, 1\]/);
   });
 });

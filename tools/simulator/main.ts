@@ -23,6 +23,7 @@ const USAGE = `Usage: npm run simulator -- [options]
   --churn-every <n>       SIMULATOR_CHURN_EVERY       apply churn in a batch every n served searches (default 10)
   --churn-mix <list>      SIMULATOR_CHURN_MIX         weights, e.g. reprice=0.6,touch=0.1,remove=0.15,add=0.15
   --churn-large-share <0..1> SIMULATOR_CHURN_LARGE_SHARE share of price moves up to x3 / /3 (default 0.1; others +-10 %)
+  --clock-offset-ms <n>   SIMULATOR_CLOCK_OFFSET_MS   the vendor's clock against this one (negative = behind)
   --short-page-rate <0..1> SIMULATOR_SHORT_PAGE_RATE  fraction of non-final search pages served short (a prefix)
   --username <s>          SIMULATOR_USERNAME
   --password <s>          SIMULATOR_PASSWORD
@@ -46,6 +47,7 @@ const FLAGS = {
   'churn-mix': 'SIMULATOR_CHURN_MIX',
   'churn-large-share': 'SIMULATOR_CHURN_LARGE_SHARE',
   'short-page-rate': 'SIMULATOR_SHORT_PAGE_RATE',
+  'clock-offset-ms': 'SIMULATOR_CLOCK_OFFSET_MS',
   username: 'SIMULATOR_USERNAME',
   password: 'SIMULATOR_PASSWORD',
 } as const;
@@ -115,6 +117,7 @@ function main(): Promise<void> {
     churnMix: churnMix(),
     churnLargeMoveShare: num('churn-large-share', 0, 1),
     shortPageRate: num('short-page-rate', 0, 1),
+    clockOffsetMs: num('clock-offset-ms', -Number.MAX_SAFE_INTEGER),
     username: text('username'),
     password: text('password'),
   };

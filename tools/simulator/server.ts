@@ -86,8 +86,14 @@ export interface SimulatorOptions {
   churnLargeMoveShare?: number;
   /** Fraction of non-final search pages served short (a prefix of the page; see the top of this file). */
   shortPageRate?: number;
-  /** The simulator's now (ms since epoch) for `updated` of changed stones; default Date.now. */
+  /** The simulator's now (ms since epoch) for `updated` of changed stones; default Date.now + clockOffsetMs. */
   clock?: () => number;
+  /**
+   * The vendor's clock against this machine's (ms, may be negative; ignored with `clock`). Behind
+   * (< 0), changed and new listings carry an `updated` inside a window that ends at this
+   * machine's now, so they enter it mid-paging, as with a vendor clock that lags.
+   */
+  clockOffsetMs?: number;
   username?: string;
   password?: string;
   port?: number;
@@ -211,6 +217,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     shortPageRate: 0,
   };
   let churnMix: ChurnMix = { ...DEFAULT_CHURN_MIX };
+  let clockOffsetMs = 0;
   const configure = (next: Partial<SimulatorOptions>): void => {
     for (const key of Object.keys(knobs) as (keyof Knobs)[]) {
       const value = next[key];
@@ -221,9 +228,13 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       }
     }
     if (next.churnMix) churnMix = { ...churnMix, ...next.churnMix };
+    if (next.clockOffsetMs !== undefined) {
+      if (!Number.isFinite(next.clockOffsetMs)) throw new RangeError(`simulator option clockOffsetMs must be a finite number`);
+      clockOffsetMs = next.clockOffsetMs;
+    }
   };
   configure(options);
-  const clock = options.clock ?? (() => Date.now());
+  const clock = options.clock ?? (() => Date.now() + clockOffsetMs);
 
   // Random knobs draw from their own seeded stream: a failing test replays the same faults.
   const rand = mulberry32((options.seed ?? 1) ^ 0x5eed);
