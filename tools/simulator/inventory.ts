@@ -20,6 +20,10 @@ export const COLORS = ['D', 'E', 'F', 'G', 'H', 'I', 'J', 'K'] as const;
 export const CLARITIES = ['FL', 'IF', 'VVS1', 'VVS2', 'VS1', 'VS2', 'SI1', 'SI2', 'I1'] as const;
 export const LABS = ['GIA', 'IGI', 'HRD', 'GCAL'] as const;
 
+/**
+ * The stones that exist now. The simulator mutates an inventory in place (mutation.ts replaces
+ * its columns and bumps `revision`), so a reference held by a test always reads the current state.
+ */
 export interface Inventory {
   /** Number of stones. */
   size: number;
@@ -27,6 +31,10 @@ export interface Inventory {
   seed: number;
   /** The `now` the inventory was generated against (ms since epoch). */
   nowMs: number;
+  /** Bumped by every mutation; caches of search results are valid for one revision. */
+  revision: number;
+  /** The id the next new stone gets: ids are never reused, so a removed stone stays gone. */
+  nextId: number;
   /** Offer price in US cents, sorted ascending (ties by id). Every other column follows this order. */
   priceCents: Int32Array;
   /** Certificate carats, two decimals. */
@@ -121,38 +129,47 @@ function caratsFor(rand: () => number, priceCents: number): number {
   return Math.min(Math.max(carats, 0.08), 40);
 }
 
-function fillAttributes(inv: Inventory, rand: () => number, order: Uint32Array, prices: ArrayLike<number>): void {
+/**
+ * Generates stone `id` at row `i` with the given price. Initial generation and stones added by
+ * live churn share it, so new listings look like the rest.
+ */
+export function fillStone(inv: Inventory, i: number, rand: () => number, id: number, price: number): void {
   const now = inv.nowMs;
+  inv.ids[i] = id;
+  inv.priceCents[i] = price;
+  inv.carats[i] = caratsFor(rand, price);
+  // A few per cent changed in the last 24 h (what an incremental run sees); the rest spread
+  // over months, more of them recent.
+  const age = rand() < 0.03 ? rand() * DAY_MS : DAY_MS + Math.min(-Math.log(1 - rand()) * 60 * DAY_MS, 540 * DAY_MS);
+  inv.updatedMs[i] = Math.round(now - age);
+  inv.createdMs[i] = Math.round(inv.updatedMs[i] - Math.min(-Math.log(1 - rand()) * 45 * DAY_MS, 720 * DAY_MS));
+  inv.shapeIndex[i] = weighted(rand, SHAPE_WEIGHTS);
+  inv.labgrown[i] = rand() < 0.42 ? 1 : 0;
+  inv.hasImage[i] = rand() < 0.86 ? 1 : 0;
+  inv.hasV360[i] = rand() < 0.7 ? 1 : 0;
+  inv.availability[i] = weighted(rand, AVAILABILITY_WEIGHTS);
+  inv.memo[i] = rand() < 0.1 ? 1 : 0;
+  inv.cut[i] = weighted(rand, CUT_WEIGHTS);
+  inv.color[i] = Math.floor(rand() * COLORS.length);
+  inv.clarity[i] = Math.floor(rand() * CLARITIES.length);
+  inv.lab[i] = inv.labgrown[i] ? (rand() < 0.8 ? 1 : 3) : rand() < 0.85 ? 0 : 2;
+}
+
+function fillAttributes(inv: Inventory, rand: () => number, order: Uint32Array, prices: ArrayLike<number>): void {
   for (let i = 0; i < inv.size; i++) {
     const id = order[i]!;
-    const price = prices[id]!;
-    inv.ids[i] = id;
-    inv.priceCents[i] = price;
-    inv.carats[i] = caratsFor(rand, price);
-    // A few per cent changed in the last 24 h (what an incremental run sees); the rest spread
-    // over months, more of them recent.
-    const age = rand() < 0.03 ? rand() * DAY_MS : DAY_MS + Math.min(-Math.log(1 - rand()) * 60 * DAY_MS, 540 * DAY_MS);
-    inv.updatedMs[i] = Math.round(now - age);
-    inv.createdMs[i] = Math.round(inv.updatedMs[i]! - Math.min(-Math.log(1 - rand()) * 45 * DAY_MS, 720 * DAY_MS));
-    inv.shapeIndex[i] = weighted(rand, SHAPE_WEIGHTS);
-    inv.labgrown[i] = rand() < 0.42 ? 1 : 0;
-    inv.hasImage[i] = rand() < 0.86 ? 1 : 0;
-    inv.hasV360[i] = rand() < 0.7 ? 1 : 0;
-    inv.availability[i] = weighted(rand, AVAILABILITY_WEIGHTS);
-    inv.memo[i] = rand() < 0.1 ? 1 : 0;
-    inv.cut[i] = weighted(rand, CUT_WEIGHTS);
-    inv.color[i] = Math.floor(rand() * COLORS.length);
-    inv.clarity[i] = Math.floor(rand() * CLARITIES.length);
-    inv.lab[i] = inv.labgrown[i] ? (rand() < 0.8 ? 1 : 3) : rand() < 0.85 ? 0 : 2;
+    fillStone(inv, i, rand, id, prices[id]!);
   }
 }
 
-function emptyInventory(shape: InventoryShape, seed: number, nowMs: number, size: number): Inventory {
+export function emptyInventory(shape: InventoryShape, seed: number, nowMs: number, size: number): Inventory {
   return {
     size,
     shape,
     seed,
     nowMs,
+    revision: 0,
+    nextId: size,
     priceCents: new Int32Array(size),
     carats: new Float64Array(size),
     updatedMs: new Float64Array(size),
@@ -432,7 +449,7 @@ function compile(inv: Inventory, query: DiamondQuery): Compiled {
   const q = query as DiamondQuery & Record<string, unknown>;
   const dv = (q.dollar_value ?? undefined) as Range | undefined;
   // dollar_value: price / 100 >= from  <=>  price >= from * 100 (exact, integer cents).
-  let lo = present(dv?.from) ? lowerBound(inv.priceCents, dv.from * 100) : 0;
+  const lo = present(dv?.from) ? lowerBound(inv.priceCents, dv.from * 100) : 0;
   let hi = present(dv?.to) ? lowerBound(inv.priceCents, dv.to * 100 + 1) : inv.size;
   if (hi < lo) hi = lo;
 
@@ -511,49 +528,165 @@ export function countMatching(inventory: Inventory, query: DiamondQuery): number
 
 export type OrderType = 'createdAt' | 'price' | 'price_per_carat' | 'size';
 export type OrderDirection = 'ASC' | 'DESC';
+export interface Order {
+  type: OrderType;
+  direction: OrderDirection;
+}
 
-const orderCache = new WeakMap<Inventory, Map<OrderType, Int32Array>>();
+export interface PageRequest {
+  offset: number;
+  limit: number;
+  /** Default: createdAt ASC (the contract's default). */
+  order?: Order;
+}
 
-/** Row indexes sorted by the order's key (ascending, ties by id), built once per inventory. */
-function orderIndex(inv: Inventory, type: OrderType): Int32Array {
-  let perInventory = orderCache.get(inv);
-  if (!perInventory) orderCache.set(inv, (perInventory = new Map()));
-  let index = perInventory.get(type);
-  if (!index) {
-    index = new Int32Array(inv.size);
-    for (let i = 0; i < inv.size; i++) index[i] = i;
-    if (type !== 'price') {
-      const key =
-        type === 'createdAt'
-          ? inv.createdMs
-          : type === 'size'
-            ? inv.carats
-            : Float64Array.from(inv.priceCents, (p, i) => p / 100 / inv.carats[i]!);
-      index.sort((a, b) => key[a]! - key[b]! || inv.ids[a]! - inv.ids[b]!);
-    }
-    perInventory.set(type, index);
+export interface Page {
+  /** Row indexes of the page's stones, in order. */
+  rows: number[];
+  /** Length of the whole ordered result list the page was cut from (offsets index into it). */
+  matching: number;
+}
+
+// Paging is a slice of the query's whole ordered result list, materialised once per
+// (query, order type, inventory revision): sequential pages then cost O(limit) each, whatever
+// the offset, and every page of one revision is cut from the same list, so paging a still
+// inventory returns every matching stone exactly once. A mutation bumps the revision and the
+// next page is cut from the new list: offsets shift exactly as they do on a live API.
+interface OrderedResult {
+  /** Matching rows in ascending (key, id) order; DESC reads it backwards. */
+  rows: Int32Array;
+}
+
+const MAX_CACHED_RESULTS = 256;
+/** Cap on the rows all cached lists hold together (4 bytes each). */
+const MAX_CACHED_ROWS = 16_000_000;
+
+interface ResultCache {
+  revision: number;
+  lists: Map<string, OrderedResult>;
+  rows: number;
+  counts: Map<string, number>;
+}
+const resultCaches = new WeakMap<Inventory, ResultCache>();
+
+function cacheFor(inv: Inventory): ResultCache {
+  let cache = resultCaches.get(inv);
+  if (!cache || cache.revision !== inv.revision) {
+    cache = { revision: inv.revision, lists: new Map(), rows: 0, counts: new Map() };
+    resultCaches.set(inv, cache);
   }
-  return index;
+  return cache;
+}
+
+/** A stable text for a query: key order and explicit nulls do not make two cache entries. */
+export function canonicalQuery(value: unknown): string {
+  if (value === null || value === undefined) return 'null';
+  if (Array.isArray(value)) return `[${value.map(canonicalQuery).join(',')}]`;
+  if (typeof value === 'object') {
+    const entries = Object.entries(value as Record<string, unknown>)
+      .filter(([, v]) => v !== undefined && v !== null)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalQuery(v)}`).join(',')}}`;
+  }
+  return JSON.stringify(value);
+}
+
+function orderKey(inv: Inventory, type: Exclude<OrderType, 'price'>, i: number): number {
+  if (type === 'createdAt') return inv.createdMs[i]!;
+  if (type === 'size') return inv.carats[i]!;
+  return inv.priceCents[i]! / 100 / inv.carats[i]!;
+}
+
+function materialise(inv: Inventory, query: DiamondQuery, type: OrderType): Int32Array {
+  const { lo, hi, test, trivial } = compile(inv, query);
+  const found = new Int32Array(hi - lo);
+  let m = 0;
+  for (let i = lo; i < hi; i++) if (trivial || test(i)) found[m++] = i;
+  // Rows are stored in (price, id) order: the price order needs no sort.
+  if (type === 'price') return found.slice(0, m);
+  const keys = new Float64Array(m);
+  const ids = new Int32Array(m);
+  const positions = new Uint32Array(m);
+  for (let k = 0; k < m; k++) {
+    keys[k] = orderKey(inv, type, found[k]!);
+    ids[k] = inv.ids[found[k]!]!;
+    positions[k] = k;
+  }
+  // Ties by the stable stone id, so the order (and paging) is total and deterministic.
+  positions.sort((a, b) => keys[a]! - keys[b]! || ids[a]! - ids[b]!);
+  const rows = new Int32Array(m);
+  for (let k = 0; k < m; k++) rows[k] = found[positions[k]!]!;
+  return rows;
+}
+
+function orderedResult(inv: Inventory, query: DiamondQuery, type: OrderType): OrderedResult {
+  const cache = cacheFor(inv);
+  const key = `${type}|${canonicalQuery(query)}`;
+  let result = cache.lists.get(key);
+  if (result) {
+    // Least recently used goes first: re-insert on every hit.
+    cache.lists.delete(key);
+    cache.lists.set(key, result);
+    return result;
+  }
+  result = { rows: materialise(inv, query, type) };
+  cache.lists.set(key, result);
+  cache.rows += result.rows.length;
+  for (const [oldKey, old] of cache.lists) {
+    if (cache.lists.size <= MAX_CACHED_RESULTS && cache.rows <= MAX_CACHED_ROWS) break;
+    if (old === result) break;
+    cache.lists.delete(oldKey);
+    cache.rows -= old.rows.length;
+  }
+  return result;
+}
+
+/**
+ * One page of the matching stones in `order` (ascending (key, id); DESC is its exact reverse):
+ * positions offset … offset + limit − 1 of the whole ordered list of the current revision.
+ */
+export function searchPage(inventory: Inventory, query: DiamondQuery, page: PageRequest): Page {
+  const type = page.order?.type ?? 'createdAt';
+  const desc = page.order?.direction === 'DESC';
+  const { rows: list } = orderedResult(inventory, query, type);
+  const n = list.length;
+  const end = Math.min(n, page.offset + Math.max(0, page.limit));
+  const rows: number[] = [];
+  for (let k = page.offset; k < end; k++) rows.push(list[desc ? n - 1 - k : k]!);
+  return { rows, matching: n };
 }
 
 /** Row indexes of the matching stones in `order`, skipping `offset`, at most `limit`. */
-export function searchMatching(
-  inventory: Inventory,
-  query: DiamondQuery,
-  page: { offset: number; limit: number; order?: { type: OrderType; direction: OrderDirection } },
-): number[] {
-  const { lo, hi, test } = compile(inventory, query);
-  const type = page.order?.type ?? 'createdAt';
-  const desc = page.order?.direction === 'DESC';
-  const index = orderIndex(inventory, type);
-  const out: number[] = [];
-  let skip = page.offset;
-  const n = index.length;
-  for (let k = 0; k < n && out.length < page.limit; k++) {
-    const i = index[desc ? n - 1 - k : k]!;
-    if (i < lo || i >= hi || !test(i)) continue;
-    if (skip > 0) skip--;
-    else out.push(i);
+export function searchMatching(inventory: Inventory, query: DiamondQuery, page: PageRequest): number[] {
+  return searchPage(inventory, query, page).rows;
+}
+
+/** countMatching, cached for the current revision (search pages report a count each). */
+export function cachedCount(inventory: Inventory, query: DiamondQuery): number {
+  const cache = cacheFor(inventory);
+  const key = canonicalQuery(query);
+  let n = cache.counts.get(key);
+  if (n === undefined) {
+    n = countMatching(inventory, query);
+    if (cache.counts.size >= MAX_CACHED_RESULTS) cache.counts.clear();
+    cache.counts.set(key, n);
   }
-  return out;
+  return n;
+}
+
+// ---------------------------------------------------------------------------------------
+// Ids as served: the stone's number, fixed width in hex, so ids sort like the numbers.
+
+export function diamondIdOf(id: number): string {
+  return `diamond-${id.toString(16).padStart(8, '0')}`;
+}
+
+export function offerIdOf(id: number): string {
+  return `offer-${id.toString(16).padStart(8, '0')}`;
+}
+
+/** The stone number behind a served diamond id, or undefined when it is not one of ours. */
+export function stoneNumberOf(diamondId: string): number | undefined {
+  const match = /^diamond-([0-9a-f]{8})$/.exec(diamondId);
+  return match ? Number.parseInt(match[1]!, 16) : undefined;
 }

@@ -3,6 +3,7 @@
 // scheduler's own variable names, so they can be pasted into a .env file.
 import { parseArgs } from 'node:util';
 import { INVENTORY_SHAPES, type InventoryShape } from './inventory.js';
+import { DEFAULT_CHURN_MIX, type ChurnMix } from './mutation.js';
 import { startSimulator, type SimulatorOptions } from './server.js';
 
 const USAGE = `Usage: npm run simulator -- [options]
@@ -18,6 +19,12 @@ const USAGE = `Usage: npm run simulator -- [options]
   --retry-after <s>       SIMULATOR_RETRY_AFTER       Retry-After seconds on 429 (default 1)
   --token-lifetime-ms <n> SIMULATOR_TOKEN_LIFETIME_MS (default 6 h)
   --max-rps <n>           SIMULATOR_MAX_RPS           server-side requests-per-second cap (0 = none)
+  --churn-rate <0..1>     SIMULATOR_CHURN_RATE        fraction of stones changed per 1,000 served searches (0 = none)
+  --churn-every <n>       SIMULATOR_CHURN_EVERY       apply churn in a batch every n served searches (default 10)
+  --churn-mix <list>      SIMULATOR_CHURN_MIX         weights, e.g. reprice=0.6,touch=0.1,remove=0.15,add=0.15
+  --churn-large-share <0..1> SIMULATOR_CHURN_LARGE_SHARE share of price moves up to x3 / /3 (default 0.1; others +-10 %)
+  --clock-offset-ms <n>   SIMULATOR_CLOCK_OFFSET_MS   the vendor's clock against this one (negative = behind)
+  --short-page-rate <0..1> SIMULATOR_SHORT_PAGE_RATE  fraction of non-final search pages served short (a prefix)
   --username <s>          SIMULATOR_USERNAME
   --password <s>          SIMULATOR_PASSWORD
 `;
@@ -35,6 +42,12 @@ const FLAGS = {
   'retry-after': 'SIMULATOR_RETRY_AFTER',
   'token-lifetime-ms': 'SIMULATOR_TOKEN_LIFETIME_MS',
   'max-rps': 'SIMULATOR_MAX_RPS',
+  'churn-rate': 'SIMULATOR_CHURN_RATE',
+  'churn-every': 'SIMULATOR_CHURN_EVERY',
+  'churn-mix': 'SIMULATOR_CHURN_MIX',
+  'churn-large-share': 'SIMULATOR_CHURN_LARGE_SHARE',
+  'short-page-rate': 'SIMULATOR_SHORT_PAGE_RATE',
+  'clock-offset-ms': 'SIMULATOR_CLOCK_OFFSET_MS',
   username: 'SIMULATOR_USERNAME',
   password: 'SIMULATOR_PASSWORD',
 } as const;
@@ -71,6 +84,21 @@ function main(): Promise<void> {
   const shape = text('shape') ?? 'realistic';
   if (!INVENTORY_SHAPES.includes(shape as InventoryShape)) fail(`--shape must be one of ${INVENTORY_SHAPES.join(', ')}`);
 
+  const churnMix = (): Partial<ChurnMix> | undefined => {
+    const v = text('churn-mix');
+    if (v === undefined) return undefined;
+    const mix: Partial<ChurnMix> = {};
+    for (const part of v.split(',')) {
+      const [name, weight] = part.split('=').map((x) => x.trim());
+      const w = Number(weight);
+      if (!name || !(name in DEFAULT_CHURN_MIX) || weight === undefined || !Number.isFinite(w) || w < 0) {
+        fail(`--churn-mix (SIMULATOR_CHURN_MIX) must be a list like reprice=0.6,touch=0.1,remove=0.15,add=0.15; got "${v}"`);
+      }
+      mix[name as keyof ChurnMix] = w;
+    }
+    return mix;
+  };
+
   const options: SimulatorOptions = {
     port: num('port', 0, 65535) ?? 4000,
     host: text('host') ?? '127.0.0.1',
@@ -84,6 +112,12 @@ function main(): Promise<void> {
     retryAfterSeconds: num('retry-after', 0),
     tokenLifetimeMs: num('token-lifetime-ms', 1),
     maxRequestsPerSecond: num('max-rps', 0),
+    churnRate: num('churn-rate', 0, 1),
+    churnEveryRequests: num('churn-every', 1),
+    churnMix: churnMix(),
+    churnLargeMoveShare: num('churn-large-share', 0, 1),
+    shortPageRate: num('short-page-rate', 0, 1),
+    clockOffsetMs: num('clock-offset-ms', -Number.MAX_SAFE_INTEGER),
     username: text('username'),
     password: text('password'),
   };
@@ -96,7 +130,9 @@ async function run(options: SimulatorOptions): Promise<void> {
   const out = process.stdout;
   out.write(`Nivoda simulator listening on ${sim.url}\n`);
   out.write(`  inventory: ${options.shape}, ${sim.inventory.size} stones, seed ${options.seed} (ready in ${Date.now() - started} ms)\n`);
-  out.write(`  stats: GET ${new URL('/stats', sim.url).href}\n\n`);
+  out.write(
+    `  stats: GET ${new URL('/stats', sim.url).href}; exact inventory (JSON lines): GET ${new URL('/inventory', sim.url).href}\n\n`,
+  );
   // The simulator's credentials are not secrets: printing them is the point.
   out.write(`NIVODA_ENDPOINT=${sim.url}\nNIVODA_USERNAME=${sim.username}\nNIVODA_PASSWORD=${sim.password}\n\n`);
 
@@ -105,7 +141,8 @@ async function run(options: SimulatorOptions): Promise<void> {
     out.write(
       `requests ${s.requests}, count queries ${s.countQueries}, search queries ${s.searchQueries}, ` +
         `authentications ${s.authentications}, 429s ${s.rejected429}, 5xx ${s.rejected5xx}, ` +
-        `timeouts ${s.timedOut}, errors ${s.graphqlErrors}, max in flight ${s.maxInFlight}\n`,
+        `timeouts ${s.timedOut}, errors ${s.graphqlErrors}, max in flight ${s.maxInFlight}, short pages ${s.shortPages}, ` +
+        `stones ${s.inventorySize} (revision ${s.revision}: ${s.repriced} repriced, ${s.touched} touched, ${s.removed} removed, ${s.added} added)\n`,
     );
   };
   let lastRequests = 0;

@@ -3,30 +3,51 @@
 // the real API rejects them, plus the failure modes the client must survive (latency, 429
 // with Retry-After, 503, requests that never answer, expiring tokens, a server-side rate
 // limit). It counts what it sees, so tests measure the client's caps from this side.
+//
+// What paging a live inventory meets, deterministic from the seed and the request sequence:
+// live churn (mutation.ts) driven by served searches or applied explicitly with mutate(), and
+// short pages mid-stream. A short page is a PREFIX of the page: offsets keep indexing the full
+// ordered result list, so the items left out are still served at their own offsets — a client
+// that advances the offset by the items it received loses nothing, one that advances by
+// `limit` skips them, and one that stops on a short page loses the rest of the list. Only an
+// empty page ends a listing.
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { buildSchema, execute, GraphQLError, parse, validate, type DocumentNode, type ExecutionResult, type GraphQLSchema } from 'graphql';
 import type { DiamondQuery } from '../../src/nivoda/query.js';
 import {
   AVAILABILITIES,
+  cachedCount,
   CLARITIES,
   COLORS,
+  countMatching,
   CUTS,
+  diamondIdOf,
   generateInventory,
   LABS,
   mulberry32,
+  offerIdOf,
   QueryError,
-  searchMatching,
+  searchPage,
   SHAPES,
-  countMatching,
   type Inventory,
   type InventoryShape,
-  type OrderDirection,
-  type OrderType,
+  type Order,
 } from './inventory.js';
+import {
+  DEFAULT_CHURN_MIX,
+  mutateInventory,
+  RequestChurn,
+  stoneRow,
+  takeSnapshot,
+  type ChurnMix,
+  type InventorySnapshot,
+  type MutationResult,
+  type MutationSpec,
+} from './mutation.js';
 
 export const SIMULATOR_PATH = '/api/diamonds';
 export const MAX_LIMIT = 50;
@@ -52,6 +73,27 @@ export interface SimulatorOptions {
   tokenLifetimeMs?: number;
   /** Server-side cap over a sliding second; above it, 429 with Retry-After. 0/undefined = no cap. */
   maxRequestsPerSecond?: number;
+  /**
+   * Live churn: fraction of the inventory changed per 1,000 served search requests (e.g. 0.01 =
+   * 1 % of the stones per 1,000 pages). 0/undefined = a still inventory.
+   */
+  churnRate?: number;
+  /** Churn is applied in a batch every this many served searches (default 10). */
+  churnEveryRequests?: number;
+  /** Kinds of change, as weights (default reprice 0.6, touch 0.1, remove 0.15, add 0.15). */
+  churnMix?: Partial<ChurnMix>;
+  /** Share of churn price moves that are large (up to ×3 or ÷3) rather than ±10 % (default 0.1). */
+  churnLargeMoveShare?: number;
+  /** Fraction of non-final search pages served short (a prefix of the page; see the top of this file). */
+  shortPageRate?: number;
+  /** The simulator's now (ms since epoch) for `updated` of changed stones; default Date.now + clockOffsetMs. */
+  clock?: () => number;
+  /**
+   * The vendor's clock against this machine's (ms, may be negative; ignored with `clock`). Behind
+   * (< 0), changed and new listings carry an `updated` inside a window that ends at this
+   * machine's now, so they enter it mid-paging, as with a vendor clock that lags.
+   */
+  clockOffsetMs?: number;
   username?: string;
   password?: string;
   port?: number;
@@ -81,6 +123,17 @@ export interface SimulatorStats {
   graphqlErrors: number;
   inFlight: number;
   maxInFlight: number;
+  /** Search pages served short (fewer than `limit` items although more followed). */
+  shortPages: number;
+  /** Mutation batches applied (churn and mutate()) and what they changed. */
+  mutationBatches: number;
+  repriced: number;
+  touched: number;
+  removed: number;
+  added: number;
+  /** Stones now, and the inventory's revision (bumped by every mutation batch). */
+  inventorySize: number;
+  revision: number;
   /** Requests by arrival second since start (or the last reset). */
   perSecond: number[];
   /** Most requests that arrived within any sliding 1,000 ms window. */
@@ -92,6 +145,7 @@ export interface Simulator {
   url: string;
   username: string;
   password: string;
+  /** The live inventory: mutated in place by churn and mutate(), so it always reads the current state. */
   inventory: Inventory;
   stats(): SimulatorStats;
   resetStats(): void;
@@ -104,6 +158,14 @@ export interface Simulator {
   injectFaults(...faults: Fault[]): void;
   /** Arrival times (ms since epoch) of the requests since start or the last reset. */
   arrivals(): number[];
+  /** Applies a batch of changes at once (stones drawn from the churn stream); says what changed. */
+  mutate(spec: MutationSpec): MutationResult;
+  /** Every mutation batch since start (churn and mutate()), in order. */
+  mutations(): MutationResult[];
+  /** The exact inventory now: a private copy, unaffected by later mutations. */
+  snapshot(): InventorySnapshot;
+  /** The simulator's now (the `updated` that changed stones get). */
+  now(): Date;
   close(): Promise<void>;
 }
 
@@ -129,6 +191,10 @@ interface Knobs {
   retryAfterSeconds: number;
   tokenLifetimeMs: number;
   maxRequestsPerSecond: number;
+  churnRate: number;
+  churnEveryRequests: number;
+  churnLargeMoveShare: number;
+  shortPageRate: number;
 }
 
 export async function startSimulator(options: SimulatorOptions = {}): Promise<Simulator> {
@@ -145,17 +211,40 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     retryAfterSeconds: 1,
     tokenLifetimeMs: 6 * 3_600_000,
     maxRequestsPerSecond: 0,
+    churnRate: 0,
+    churnEveryRequests: 10,
+    churnLargeMoveShare: 0.1,
+    shortPageRate: 0,
   };
+  let churnMix: ChurnMix = { ...DEFAULT_CHURN_MIX };
+  let clockOffsetMs = 0;
   const configure = (next: Partial<SimulatorOptions>): void => {
     for (const key of Object.keys(knobs) as (keyof Knobs)[]) {
       const value = next[key];
-      if (typeof value === 'number') knobs[key] = value;
+      if (typeof value === 'number') {
+        if (!Number.isFinite(value) || value < 0)
+          throw new RangeError(`simulator option ${key} must be a finite number >= 0, got ${value}`);
+        knobs[key] = value;
+      }
+    }
+    if (next.churnMix) churnMix = { ...churnMix, ...next.churnMix };
+    if (next.clockOffsetMs !== undefined) {
+      if (!Number.isFinite(next.clockOffsetMs)) throw new RangeError(`simulator option clockOffsetMs must be a finite number`);
+      clockOffsetMs = next.clockOffsetMs;
     }
   };
   configure(options);
+  const clock = options.clock ?? (() => Date.now() + clockOffsetMs);
 
   // Random knobs draw from their own seeded stream: a failing test replays the same faults.
   const rand = mulberry32((options.seed ?? 1) ^ 0x5eed);
+  // Churn and short pages have streams of their own, so turning faults on or off does not
+  // change which stones churn picks or which pages come short.
+  const streamSeed = options.seed ?? inventory.seed;
+  const churnRand = mulberry32(streamSeed ^ 0xc4a2);
+  const shortRand = mulberry32(streamSeed ^ 0x5407);
+  const churn = new RequestChurn();
+  const mutationLog: MutationResult[] = [];
   const tokens = new Map<string, number>(); // token -> expiry (ms)
   const issued: string[] = [];
   const faults: Fault[] = [];
@@ -178,7 +267,24 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     graphqlErrors: 0,
     inFlight: 0,
     maxInFlight: 0,
+    shortPages: 0,
+    mutationBatches: 0,
+    repriced: 0,
+    touched: 0,
+    removed: 0,
+    added: 0,
   };
+
+  function mutate(spec: MutationSpec): MutationResult {
+    const result = mutateInventory(inventory, spec, churnRand, clock());
+    mutationLog.push(result);
+    counters.mutationBatches++;
+    counters.repriced += result.repriced.length;
+    counters.touched += result.touched.length;
+    counters.removed += result.removed.length;
+    counters.added += result.added.length;
+    return result;
+  }
   const resetStats = (): void => {
     for (const key of Object.keys(counters) as (keyof typeof counters)[]) {
       if (key !== 'inFlight') counters[key] = 0;
@@ -213,23 +319,28 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
           counters.countQueries++;
           return withQueryErrors(() => countMatching(inventory, a.query));
         },
-        diamonds_by_query: (a: {
-          query: DiamondQuery;
-          offset?: number | null;
-          limit?: number | null;
-          order?: { type: OrderType; direction: OrderDirection } | null;
-        }) => {
+        diamonds_by_query: (a: { query: DiamondQuery; offset?: number | null; limit?: number | null; order?: Order | null }) => {
           counters.searchQueries++;
           const offset = a.offset ?? 0;
           const limit = a.limit ?? MAX_LIMIT;
           if (limit > MAX_LIMIT) throw gqlError(`limit must be at most ${MAX_LIMIT}`, 'BAD_USER_INPUT');
           if (limit < 0 || offset < 0) throw gqlError('offset and limit must not be negative', 'BAD_USER_INPUT');
           return withQueryErrors(() => {
-            const rows = searchMatching(inventory, a.query, { offset, limit, order: a.order ?? undefined });
+            const page = searchPage(inventory, a.query, { offset, limit, order: a.order ?? undefined });
+            let rows = page.rows;
+            if (knobs.shortPageRate > 0 && limit >= 2 && offset + limit < page.matching && shortRand() < knobs.shortPageRate) {
+              // A prefix of at least one item: an empty page would mean the end of the list.
+              rows = rows.slice(0, 1 + Math.floor(shortRand() * (limit - 1)));
+              counters.shortPages++;
+            }
             // total_count deliberately ignores the `updated` filter: the contract says it is
             // not the size of the result set, and this makes relying on it visibly wrong.
             const { updated: _ignored, ...withoutUpdated } = a.query;
-            return { total_count: countMatching(inventory, withoutUpdated), items: rows.map((i) => offer(inventory, i)) };
+            // Offers are built now, before churn below changes the inventory under them.
+            const result = { total_count: cachedCount(inventory, withoutUpdated), items: rows.map((i) => offer(inventory, i)) };
+            const due = churn.onSearch({ ...knobs, churnMix }, inventory.size, churnRand);
+            if (due) mutate(due);
+            return result;
           });
         },
       };
@@ -289,7 +400,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
     return result;
   }
 
-  const sockets = new Set<import('node:net').Socket>();
+  const sockets = new Set<Socket>();
   const timers = new Set<NodeJS.Timeout>();
   const later = (ms: number, fn: () => void): void => {
     if (ms <= 0) return fn();
@@ -303,6 +414,10 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
   const server = createServer((req, res) => {
     if (req.method === 'GET' && req.url === '/stats') {
       sendJson(res, 200, stats());
+      return;
+    }
+    if (req.method === 'GET' && req.url === '/inventory') {
+      void sendInventory(res, takeSnapshot(inventory, clock()));
       return;
     }
     if (req.url?.split('?')[0] !== SIMULATOR_PATH) {
@@ -393,7 +508,7 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       while (arrivals[i]! - arrivals[j]! >= 1000) j++;
       maxInAnySecond = Math.max(maxInAnySecond, i - j + 1);
     }
-    return { ...counters, perSecond, maxInAnySecond };
+    return { ...counters, inventorySize: inventory.size, revision: inventory.revision, perSecond, maxInAnySecond };
   }
 
   server.on('connection', (socket) => {
@@ -426,6 +541,10 @@ export async function startSimulator(options: SimulatorOptions = {}): Promise<Si
       faults.push(...more);
     },
     arrivals: () => [...arrivals],
+    mutate,
+    mutations: () => [...mutationLog],
+    snapshot: () => takeSnapshot(inventory, clock()),
+    now: () => new Date(clock()),
     close: async () => {
       for (const timer of timers) clearTimeout(timer);
       timers.clear();
@@ -471,14 +590,40 @@ function readBody(req: IncomingMessage): Promise<string> {
   });
 }
 
+/** GET /inventory: the exact inventory now, one JSON stone per line (StoneRow), price order. */
+async function sendInventory(res: ServerResponse, snapshot: InventorySnapshot): Promise<void> {
+  res.writeHead(200, {
+    'content-type': 'application/x-ndjson; charset=utf-8',
+    'x-inventory-revision': String(snapshot.revision),
+    'x-inventory-taken-at': snapshot.takenAt,
+  });
+  const inv = snapshot.inventory;
+  for (let start = 0; start < inv.size && !res.destroyed; start += 2000) {
+    let chunk = '';
+    for (let i = start; i < Math.min(inv.size, start + 2000); i++) chunk += `${JSON.stringify(stoneRow(inv, i))}\n`;
+    if (!res.write(chunk)) {
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          res.off('drain', done);
+          res.off('close', done);
+          resolve();
+        };
+        res.on('drain', done);
+        res.on('close', done);
+      });
+    }
+  }
+  res.end();
+}
+
 function offer(inv: Inventory, i: number): Record<string, unknown> {
   const id = inv.ids[i]!;
   const stoneId = id.toString(16).padStart(8, '0');
   return {
-    id: `offer-${stoneId}`,
+    id: offerIdOf(id),
     price: inv.priceCents[i],
     diamond: {
-      id: `diamond-${stoneId}`,
+      id: diamondIdOf(id),
       availability: AVAILABILITIES[inv.availability[i]!],
       updated: new Date(inv.updatedMs[i]!).toISOString(),
       image: inv.hasImage[i] ? `https://images.example.com/${stoneId}.jpg` : null,
