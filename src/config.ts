@@ -89,6 +89,7 @@ const envSchema = z.object({
   AZURE_SERVICE_BUS_QUEUE: z.string().min(1).default('work-items'),
 
   SCHEDULER_DATA_DIR: z.string().min(1).default('.data'),
+  SCHEDULER_LOCAL: z.enum(['0', '1'], { error: 'must be 1 (use local state in production on purpose) or 0' }).optional(),
   SCHEDULER_LOCK_TTL_SECONDS: int(1).default(300),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
@@ -191,6 +192,13 @@ export function loadBaseConfig(env: Env = process.env, options: { requireNivoda?
   if (e.AZURE_STORAGE_CONNECTION_STRING && e.AZURE_STORAGE_ACCOUNT_URL) {
     problems.push('set only one of AZURE_STORAGE_CONNECTION_STRING and AZURE_STORAGE_ACCOUNT_URL');
   }
+  // Checked here (not only when the SDK first parses it), so `plan` rejects it too; the value is never echoed.
+  if (e.AZURE_SERVICE_BUS_CONNECTION_STRING && !SERVICE_BUS_CONNECTION_STRING.test(e.AZURE_SERVICE_BUS_CONNECTION_STRING)) {
+    problems.push(
+      'AZURE_SERVICE_BUS_CONNECTION_STRING must look like Endpoint=sb://<namespace>/;SharedAccessKeyName=<name>;SharedAccessKey=<key> (or SharedAccessSignature=…)',
+    );
+  }
+  problems.push(...productionFallbacks(e));
   if (problems.length > 0) throw new ConfigError(problems);
 
   const dataDir = path.resolve(e.SCHEDULER_DATA_DIR);
@@ -248,6 +256,32 @@ export function loadBaseConfig(env: Env = process.env, options: { requireNivoda?
     lockTtlSeconds: e.SCHEDULER_LOCK_TTL_SECONDS,
     logLevel: e.LOG_LEVEL,
   };
+}
+
+const SERVICE_BUS_CONNECTION_STRING = /^(?=.*\bEndpoint=sb:\/\/[^;]+)(?=.*\b(SharedAccessKey|SharedAccessSignature)=[^;]+)/i;
+
+/**
+ * In production the embedded database, the file watermark and the local queue live inside an
+ * ephemeral container: work items would vanish with it. Falling back to them there is a
+ * configuration error unless SCHEDULER_LOCAL=1 says it is meant.
+ */
+function productionFallbacks(e: z.infer<typeof envSchema>): string[] {
+  if (e.NODE_ENV !== 'production' || e.SCHEDULER_LOCAL === '1') return [];
+  const problems: string[] = [];
+  const deliberately = '(or set SCHEDULER_LOCAL=1 to run with local state on purpose)';
+  if (!e.DATABASE_URL)
+    problems.push(`DATABASE_URL is required in production: without it the embedded PGlite database would be used ${deliberately}`);
+  if (!e.AZURE_STORAGE_CONNECTION_STRING && !e.AZURE_STORAGE_ACCOUNT_URL) {
+    problems.push(
+      `AZURE_STORAGE_ACCOUNT_URL (managed identity) or AZURE_STORAGE_CONNECTION_STRING is required in production: without it the watermark would be a local file ${deliberately}`,
+    );
+  }
+  if (!e.AZURE_SERVICE_BUS_CONNECTION_STRING && !e.AZURE_SERVICE_BUS_NAMESPACE) {
+    problems.push(
+      `AZURE_SERVICE_BUS_NAMESPACE (managed identity) or AZURE_SERVICE_BUS_CONNECTION_STRING is required in production: without it work items would go to the local queue ${deliberately}`,
+    );
+  }
+  return problems;
 }
 
 function parseBaseQuery(raw: string | undefined, problems: string[]): BaseQuery | undefined {
