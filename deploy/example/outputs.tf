@@ -22,3 +22,13 @@ output "identity_client_id" {
   description = "Client id of the jobs' user-assigned identity."
   value       = module.scheduler.identity_client_id
 }
+
+output "storage_account_url" {
+  description = "Blob endpoint holding the watermark (AZURE_STORAGE_ACCOUNT_URL for an operator shell)."
+  value       = module.scheduler.storage_account_url
+}
+
+output "servicebus_namespace" {
+  description = "Fully qualified Service Bus namespace (AZURE_SERVICE_BUS_NAMESPACE for an operator shell)."
+  value       = module.scheduler.servicebus_namespace
+}
