@@ -191,14 +191,22 @@ describe('command line, end to end', () => {
       assert.equal(body.partitionCount, bodies.length);
       assert.equal(body.updatedFrom, undefined);
       assert.equal(body.priceField, 'dollar_value');
+      assert.deepEqual(body.query, {}, 'the base filter travels with the work item');
+      assert.match(body.updatedTo, /Z$/);
     });
     const partitions = (
       await sql.query('SELECT count(*) AS n FROM run_partitions WHERE run_id = $1 AND published_at IS NOT NULL', [run.run_id])
     ).rows[0].n;
     assert.equal(Number(partitions), bodies.length);
     assert.deepEqual(secretsIn(result, allSecrets()), []);
-    const runIds = new Set(result.logs.map((l) => l.runId));
+    // The process's first line (its configuration) precedes the run; every line of the run carries its runId.
+    const runIds = new Set(result.logs.filter((l) => l.msg !== 'configuration loaded').map((l) => l.runId));
     assert.deepEqual([...runIds], [run.run_id], 'every log line of the run carries its runId');
+    const backends = result.logs.filter((l) => l.msg === 'backends');
+    assert.equal(backends.length, 1, 'the backends are logged once');
+    assert.match(String(backends[0]!.database), /^PostgreSQL 127\.0\.0\.1:5432\//);
+    assert.match(String(backends[0]!.queue), /^Service Bus queue "work-items" in 127\.0\.0\.1:\d+$/);
+    assert.match(String(backends[0]!.watermark), /^blob watermarks\/nivoda\.json$/);
   });
 
   it('a full run is refused while an earlier run is being worked, before spending any count query, unless --force', async () => {
@@ -212,18 +220,22 @@ describe('command line, end to end', () => {
     assert.ok(failure?.nivoda, 'and the Nivoda counters');
     assert.equal(sim.stats().countQueries, queries);
     assert.equal(peer.received.length, before);
-    assert.equal(await runCount(), 1);
+    // The refusal is visible: a failed row with the guard's words.
+    assert.equal(await runCount(), 2);
+    const refusedRow = (await sql.query('SELECT status, error FROM run_metadata WHERE run_id = $1', [failure?.runId])).rows[0];
+    assert.equal(refusedRow.status, 'failed');
+    assert.match(String(refusedRow.error), /may still be worked/);
     const forced = await runCli(['run', '--full', '--force'], azureEnv());
     assert.equal(forced.code, 0, forced.stderr);
-    assert.equal(await runCount(), 2);
+    assert.equal(await runCount(), 3);
   });
 
-  it('a run left in scheduling by a crash, with work items out, keeps a full run from emptying the raw table', async () => {
-    await sql.query('UPDATE run_metadata SET completed_at = now() WHERE completed_at IS NULL'); // the consolidator's part
+  it('a run left in scheduling by a crash is finished by the next run --full: same run id, no scan, raw table untouched', async () => {
+    await sql.query(`UPDATE run_metadata SET completed_at = now(), status = 'completed' WHERE completed_at IS NULL AND recorded_at IS NOT NULL`); // the consolidator's part
     const crashed = '00000000-0000-4000-8000-000000000001';
     await sql.query(
-      `INSERT INTO run_metadata (run_id, run_type, status, expected_workers, updated_to, price_field, started_at)
-       VALUES ($1, 'full', 'scheduling', 2, now(), 'dollar_value', now())`,
+      `INSERT INTO run_metadata (run_id, run_type, status, expected_workers, updated_to, price_field, started_at, recorded_at, base_query)
+       VALUES ($1, 'full', 'scheduling', 2, now(), 'dollar_value', now(), now(), '{}')`,
       [crashed],
     );
     await sql.query(
@@ -234,12 +246,21 @@ describe('command line, end to end', () => {
     await sql.query(`INSERT INTO raw_diamonds_nivoda (supplier_stone_id, offer_id, payload, run_id) VALUES ('s-3', 'o-3', '{}', $1)`, [
       crashed,
     ]);
+    const runs = await runCount();
+    const queries = sim.stats().countQueries;
+    const before = peer.received.length;
     const result = await runCli(['run', '--full'], azureEnv());
-    assert.equal(result.code, 1);
-    assert.match(result.stderr, new RegExp(`${crashed} abandoned`));
-    assert.equal((await sql.query('SELECT status FROM run_metadata WHERE run_id = $1', [crashed])).rows[0].status, 'abandoned');
-    assert.equal((await sql.query('SELECT count(*) AS n FROM raw_diamonds_nivoda')).rows[0].n, '1');
-    await sql.query('UPDATE run_metadata SET completed_at = now() WHERE run_id = $1', [crashed]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.ok(result.logs.some((l) => String(l.msg).startsWith('finishing a run recorded by an earlier invocation')));
+    assert.equal((await sql.query('SELECT status FROM run_metadata WHERE run_id = $1', [crashed])).rows[0].status, 'published');
+    assert.deepEqual(
+      peer.received.slice(before).map((m) => m.messageId),
+      [`${crashed}:partition-1`, `${crashed}:partition-2`],
+    );
+    assert.equal(await runCount(), runs, 'no new run');
+    assert.equal(sim.stats().countQueries, queries, 'no new scan');
+    assert.equal((await sql.query('SELECT count(*) AS n FROM raw_diamonds_nivoda')).rows[0].n, '1', 'the raw table is untouched');
+    await sql.query(`UPDATE run_metadata SET completed_at = now(), status = 'completed' WHERE run_id = $1`, [crashed]);
   });
 
   it('an empty inventory with nothing to lose is a normal, empty run: exit 0, nothing published', async () => {
@@ -255,7 +276,7 @@ describe('command line, end to end', () => {
         status: string;
         completedAt: string | null;
       }>;
-      assert.equal(status[0]?.status, 'published');
+      assert.equal(status[0]?.status, 'completed');
       assert.ok(status[0]?.completedAt, 'a run without work items is complete at once');
     } finally {
       await empty.close();
@@ -275,7 +296,11 @@ describe('command line, end to end', () => {
     const result = await runCli(['run', '--full'], { ...azureEnv(), NIVODA_QUERY: '{"sizes": {"from": 1000}}' });
     assert.equal(result.code, 1);
     assert.match(result.stderr, /found no stones/);
-    assert.equal(await runCount(), runs);
+    assert.equal(await runCount(), runs + 1, 'the refused night is visible');
+    const [latest] = (await sql.query('SELECT status, error, recorded_at FROM run_metadata ORDER BY started_at DESC LIMIT 1')).rows;
+    assert.equal(latest.status, 'failed');
+    assert.match(String(latest.error), /found no stones/);
+    assert.equal(latest.recorded_at, null);
     assert.equal(await rawRows(), raw);
   });
 
@@ -356,7 +381,18 @@ describe('command line, end to end', () => {
     const malformed = await runCli(['run'], azureEnv('broken'));
     assert.equal(malformed.code, 1);
     assert.match(malformed.stderr, /malformed.*lastUpdatedAt/);
-    assert.equal(await runCount(), runs);
+    // Both nights are visible as failed rows with their cause; nothing was recorded or published.
+    assert.equal(await runCount(), runs + 2);
+    const failed = (await sql.query('SELECT status, error, recorded_at FROM run_metadata ORDER BY started_at DESC LIMIT 2')).rows;
+    assert.deepEqual(
+      failed.map((r) => [r.status, r.recorded_at]),
+      [
+        ['failed', null],
+        ['failed', null],
+      ],
+    );
+    assert.match(String(failed[0].error), /malformed/);
+    assert.match(String(failed[1].error), /no watermark/);
     assert.equal(peer.received.length, published);
     // The operator's repair path still works on a malformed watermark.
     assert.equal((await runCli(['watermark', 'clear'], azureEnv('broken'))).code, 0);
@@ -370,13 +406,14 @@ describe('command line, end to end', () => {
     assert.ok(!result.stderr.includes('wrong-password-123'));
   });
 
-  it('a publish that fails records the run as failed and exits 1 with the cause', async () => {
+  it('a queue that cannot take messages fails the run before it is recorded, exit 1 with the cause', async () => {
     const result = await runCli(['run'], { ...azureEnv(), AZURE_SERVICE_BUS_QUEUE: 'no-such-queue' });
     assert.equal(result.code, 1);
-    assert.match(result.stderr, /publishing the work items of run/);
-    const [latest] = (await sql.query('SELECT status, error FROM run_metadata ORDER BY started_at DESC LIMIT 1')).rows;
+    assert.match(result.stderr, /Service Bus queue \\"no-such-queue\\" in 127\.0\.0\.1:\d+ is not reachable/);
+    const [latest] = (await sql.query('SELECT status, error, recorded_at FROM run_metadata ORDER BY started_at DESC LIMIT 1')).rows;
     assert.equal(latest.status, 'failed');
-    assert.ok(String(latest.error).length > 0);
+    assert.equal(latest.recorded_at, null, 'nothing was recorded');
+    assert.match(String(latest.error), /could not be found|not reachable/);
     assert.deepEqual(secretsIn(result, allSecrets()), []);
   });
 
