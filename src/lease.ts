@@ -199,15 +199,27 @@ export interface LeaseInfo {
   holderGone: boolean;
 }
 
+interface LeaseRecord extends LeaseInfo {
+  token: string;
+}
+
 /** The lease as it stands (`lock`), or null when nobody holds it. */
 export async function readLease(db: Queryable, name = DEFAULT_LOCK_NAME): Promise<LeaseInfo | null> {
-  const rows = await db.query<LeaseRow & { renewed_at: unknown; expired: boolean }>(
-    'SELECT holder, acquired_at, renewed_at, expires_at, expires_at <= now() AS expired FROM scheduler_lock WHERE name = $1',
+  const lease = await readLeaseRecord(db, name);
+  if (!lease) return null;
+  const { token: _token, ...info } = lease;
+  return info;
+}
+
+async function readLeaseRecord(db: Queryable, name: string): Promise<LeaseRecord | null> {
+  const rows = await db.query<LeaseRow & { renewed_at: unknown; expired: boolean; token: string }>(
+    'SELECT holder, token, acquired_at, renewed_at, expires_at, expires_at <= now() AS expired FROM scheduler_lock WHERE name = $1',
     [name],
   );
   const row = rows[0];
   if (!row) return null;
   return {
+    token: String(row.token),
     holder: row.holder,
     acquiredAt: iso(row.acquired_at),
     renewedAt: iso(row.renewed_at),
@@ -223,7 +235,7 @@ export async function readLease(db: Queryable, name = DEFAULT_LOCK_NAME): Promis
  */
 export async function releaseLease(db: Queryable, options: { force?: boolean; name?: string } = {}): Promise<LeaseInfo | null> {
   const name = options.name ?? DEFAULT_LOCK_NAME;
-  const lease = await readLease(db, name);
+  const lease = await readLeaseRecord(db, name);
   if (!lease) return null;
   if (!lease.expired && !lease.holderGone && !options.force) {
     throw new PermanentError(
@@ -232,13 +244,10 @@ export async function releaseLease(db: Queryable, options: { force?: boolean; na
     );
   }
   // Only the lease we looked at: if it changed hands meanwhile, the new holder keeps it.
-  const rows = await db.query('DELETE FROM scheduler_lock WHERE name = $1 AND holder = $2 AND acquired_at = $3 RETURNING name', [
-    name,
-    lease.holder,
-    lease.acquiredAt,
-  ]);
+  const rows = await db.query('DELETE FROM scheduler_lock WHERE name = $1 AND token = $2 RETURNING name', [name, lease.token]);
   if (rows.length === 0) throw new PermanentError('the scheduler lock changed hands while it was being released; look again with `lock`');
-  return lease;
+  const { token: _token, ...info } = lease;
+  return info;
 }
 
 /** A holder named `host:pid:…` on this host whose process is gone. Another host's holder is never judged. */

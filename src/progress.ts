@@ -19,7 +19,7 @@ export function progressLine(stream: NodeJS.WriteStream & Partial<WriteStream> =
       // A redraw per count query would flicker; ten a second read as live.
       if (now - last < 100) return;
       last = now;
-      const width = Math.max(20, (stream.columns ?? 80) - 1);
+      const width = Math.max(20, (stream.columns || 120) - 1);
       stream.write(`\r\x1b[2K${text.slice(0, width)}`);
       shown = true;
     },

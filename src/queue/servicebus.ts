@@ -136,9 +136,11 @@ export class ServiceBusQueue implements WorkItemQueue {
     let batch: ServiceBusMessageBatch = await sender.createMessageBatch();
     let inBatch: WorkItemMessage[] = [];
     let sent = 0;
+    // A stop lets the batch in flight finish, but not for longer than the grace a container platform leaves.
+    const abortSignal = progress?.signal && afterGrace(progress.signal, IN_FLIGHT_GRACE_MS);
     const send = async () => {
       stopIfAsked(progress?.signal);
-      await sender.sendMessages(batch);
+      await sender.sendMessages(batch, { abortSignal });
       sent++;
       await progress?.onSent?.(inBatch);
     };
@@ -222,4 +224,16 @@ function endpointHost(connectionString: string): string {
 /** The SDK wants the fully qualified host; accept the bare namespace name operators tend to write. */
 function namespaceHost(namespace: string): string {
   return namespace.includes('.') ? namespace : `${namespace}.servicebus.windows.net`;
+}
+
+/** How long the batch in flight may still take after a stop (SIGTERM leaves 30 s in all). */
+const IN_FLIGHT_GRACE_MS = 10_000;
+
+/** A signal that aborts `ms` after `signal` does. */
+function afterGrace(signal: AbortSignal, ms: number): AbortSignal {
+  const controller = new AbortController();
+  const arm = () => setTimeout(() => controller.abort(signal.reason), ms).unref();
+  if (signal.aborted) arm();
+  else signal.addEventListener('abort', arm, { once: true });
+  return controller.signal;
 }

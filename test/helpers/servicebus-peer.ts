@@ -68,6 +68,11 @@ export interface ServiceBusPeerOptions extends QueueOptions {
   queueOptions?: Record<string, QueueOptions>;
   /** Announced on every attach; the SDK sizes its batches from it. Standard tier: 256 KB. */
   maxMessageSize?: number;
+  /**
+   * Service Bus duplicate detection: a message whose messageId the queue already took is
+   * accepted and dropped (not stored, not delivered), as the real service does within its window.
+   */
+  duplicateDetection?: boolean;
 }
 
 export interface ReceiveCounters {
@@ -100,6 +105,15 @@ export interface ServiceBusPeer {
    * after first accepting `skip` of them (a failure in the middle of a multi-batch publish).
    */
   rejectNext(count: number, condition: string, options?: { description?: string; skip?: number }): void;
+  /**
+   * The next `count` queue deliveries are taken (stored, as a broker that crashes before it
+   * answers may have done) but never acknowledged: the sender waits for an answer that never comes.
+   */
+  holdNext(count: number): void;
+  /** Acknowledges every accepted delivery this much later (a slow broker; 0 = at once). */
+  ackDelayMs: number;
+  /** Messages dropped by duplicate detection. */
+  readonly duplicatesDropped: number;
   /** Status code answered to $cbs put-token (default 202). */
   cbsStatus: number;
   /** Receive-side counters, live. */
@@ -313,6 +327,10 @@ export async function startServiceBusPeer(options: ServiceBusPeerOptions = {}): 
   const sockets = new Set<Socket>();
   let cbsRequests = 0;
   let reject: { count: number; skip: number; error: AmqpError } | undefined;
+  let hold = 0;
+  let duplicatesDropped = 0;
+  /** Per queue: the message ids taken, for duplicate detection. */
+  const seenIds = new Map<string, Set<string>>();
   let closed = false;
   const counters: ReceiveCounters = {
     delivered: 0,
@@ -718,6 +736,13 @@ export async function startServiceBusPeer(options: ServiceBusPeerOptions = {}): 
       const description = options.description ?? `rejected by the test peer (${condition})`;
       reject = count > 0 ? { count, skip: options.skip ?? 0, error: { condition, description } } : undefined;
     },
+    holdNext(count) {
+      hold = Math.max(0, count);
+    },
+    ackDelayMs: 0,
+    get duplicatesDropped() {
+      return duplicatesDropped;
+    },
     cbsStatus: 202,
     counters,
     messages: (entity) => entityMessages(entity).map(snapshot),
@@ -916,10 +941,25 @@ export async function startServiceBusPeer(options: ServiceBusPeerOptions = {}): 
     const entity = queueEntity(address);
     for (const msg of messages) {
       received.push(toReceived(address, msg));
+      const id = msg.message_id === undefined ? undefined : String(msg.message_id as string);
+      if (options.duplicateDetection && id !== undefined) {
+        const seen = seenIds.get(address) ?? new Set<string>();
+        seenIds.set(address, seen);
+        if (seen.has(id)) {
+          duplicatesDropped++;
+          continue;
+        }
+        seen.add(id);
+      }
       store(entity, msg);
     }
-    delivery.accept();
     pump(entity);
+    if (hold > 0) {
+      hold--;
+      return;
+    }
+    if (peer.ackDelayMs > 0) setTimeout(() => delivery.accept(), peer.ackDelayMs);
+    else delivery.accept();
   });
 
   function answerCbs(connection: Connection, request: DecodedMessage, delivery: Delivery): void {
