@@ -1,12 +1,16 @@
-// The database layer against the real PostgreSQL server and against PGlite: migrations
-// (from empty, re-run, concurrent), run records, that both backends hand the rest of the
-// code the same JS values, and that the lease lock's SQL also runs on PGlite.
+// The database port, one conformance suite run against both backends: the real PostgreSQL
+// server (a throwaway database per fixture) and PGlite (a directory per fixture). Migrations
+// (from empty, re-run, after reopening, failing and edited files), the schema's constraints,
+// run records, the JS values both drivers hand the rest of the code, and the lease lock.
+// Where PGlite cannot take part (a second session on the same database) the case is skipped
+// for it with the reason.
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { test } from 'node:test';
+import type { Config } from '../src/config.js';
 import type { Database } from '../src/db/database.js';
 import { loadMigrations, migrate, MigrationError } from '../src/db/migrate.js';
 import { openDatabase } from '../src/db/open.js';
@@ -23,42 +27,91 @@ import {
   lastPublishedFullRun,
   unfinishedRuns,
   type NewRun,
+  type RunRecord,
 } from '../src/db/runs.js';
 import type { Partition } from '../src/domain.js';
 import { acquireLock } from '../src/lease.js';
 import { createLogger } from '../src/log.js';
-import pg from 'pg';
-import { createTestDatabase, type TestDatabase } from './helpers/postgres.js';
+import { forEachBackend, runCleanups, type Backend } from './helpers/conformance.js';
+import { createTestDatabase } from './helpers/postgres.js';
 
-const cleanups: (() => Promise<void>)[] = [];
-after(async () => {
-  // Reverse order: pools close before their databases are dropped.
-  // Each on its own, so one failing cleanup does not leave the databases after it behind.
-  const results = [];
-  for (const cleanup of cleanups.reverse())
-    results.push(
-      await cleanup().then(
-        () => null,
-        (err: unknown) => err,
-      ),
-    );
-  const failures = results.filter((r) => r !== null);
-  if (failures.length > 0) throw new AggregateError(failures, 'cleanup failed');
-});
-
-async function freshPostgres(poolMax = 4): Promise<{ test: TestDatabase; db: Database }> {
-  const testDb = await createTestDatabase();
-  cleanups.push(() => testDb.drop());
-  const db = await openDatabase({ backend: 'postgres', url: testDb.url, poolMax });
-  cleanups.push(() => db.close());
-  return { test: testDb, db };
+/** What a test may ask of a backend beyond the Database interface. */
+interface DbFixture {
+  /** What `Database.backend` says on this backend. */
+  kind: Database['backend'];
+  /** A new, empty database. */
+  fresh(): Promise<Database>;
+  /** Closes `db` and opens the same database again, as a restarted process would. */
+  reopen(db: Database): Promise<Database>;
+  /** A second, independent session on the database of `db` (another process). Needs `concurrentSessions`. */
+  anotherSession(db: Database): Promise<Database>;
+  /** Closes every database the fixture opened and removes what it created. */
+  close(): Promise<void>;
 }
 
-async function tempDir(prefix: string): Promise<string> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), prefix));
-  cleanups.push(() => rm(dir, { recursive: true, force: true }));
-  return dir;
+type DbCapability = 'concurrentSessions';
+
+/** Opens databases through the one factory (db/open.ts) and remembers each one's configuration, so it can be reopened. */
+function dbFixture(
+  kind: Database['backend'],
+  create: () => Promise<{ config: Config['database']; remove: () => Promise<void> }>,
+): DbFixture {
+  // Both backends' close() is idempotent, so a database closed by reopen() may be closed again here.
+  const cleanups: (() => Promise<unknown>)[] = [];
+  const configs = new Map<Database, Config['database']>();
+  const open = async (config: Config['database']): Promise<Database> => {
+    const db = await openDatabase(config);
+    configs.set(db, config);
+    cleanups.push(() => db.close());
+    return db;
+  };
+  const configOf = (db: Database): Config['database'] => {
+    const config = configs.get(db);
+    if (!config) throw new Error('not a database of this fixture');
+    return config;
+  };
+  return {
+    kind,
+    async fresh() {
+      const { config, remove } = await create();
+      cleanups.push(remove);
+      return open(config);
+    },
+    async reopen(db) {
+      await db.close();
+      return open(configOf(db));
+    },
+    anotherSession: (db) => open(configOf(db)),
+    // Reverse order: pools close before their databases are dropped.
+    close: () => runCleanups(cleanups),
+  };
 }
+
+const postgres: Backend<DbFixture, DbCapability> = {
+  name: 'PostgreSQL',
+  open: async () =>
+    dbFixture('postgres', async () => {
+      const target = await createTestDatabase();
+      return { config: { backend: 'postgres', url: target.url, poolMax: 4 }, remove: () => target.drop() };
+    }),
+  close: (fixture) => fixture.close(),
+};
+
+const pglite: Backend<DbFixture, DbCapability> = {
+  name: 'PGlite',
+  open: async () =>
+    dbFixture('pglite', async () => {
+      const root = await mkdtemp(path.join(os.tmpdir(), 'pglite-'));
+      // Nested and absent: the backend creates the directories it needs.
+      const dir = path.join(root, 'nested', 'pglite');
+      return { config: { backend: 'pglite', dir }, remove: () => rm(root, { recursive: true, force: true }) };
+    }),
+  close: (fixture) => fixture.close(),
+  lacks: {
+    concurrentSessions:
+      'PGlite is one session inside one process, and a second process may not open its directory (the data-directory lock file keeps it out)',
+  },
+};
 
 /** Everything a migration can change, in a comparable form: columns, constraints, indexes, the migrations table. */
 async function schemaSnapshot(db: Database): Promise<unknown> {
@@ -122,13 +175,28 @@ async function rawCount(db: Database): Promise<number> {
   return rows[0]!.n;
 }
 
-describe('migrations on the real PostgreSQL server', () => {
-  let db: Database;
-  before(async () => {
-    ({ db } = await freshPostgres());
-  });
+// Backend-independent: reading a migrations directory touches no database.
+test('a migration file not named NNN_name.sql is refused', async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'migrations-'));
+  try {
+    await writeFile(path.join(dir, '1_oops.sql'), 'SELECT 1;');
+    await assert.rejects(loadMigrations(dir), /1_oops.sql is not named NNN_name.sql/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
 
-  test('from empty: applies every file in number order and creates the tables', async () => {
+forEachBackend('database port', [postgres, pglite], (suite) => {
+  // The migration cases share one database, in order: from empty, re-run, reopened.
+  let migrated: Database | undefined;
+  const migratedDb = (): Database => {
+    assert.ok(migrated, 'the from-empty migration test ran first');
+    return migrated;
+  };
+
+  suite.test('migrations from empty: applies every file in number order and creates the tables', async (fixture) => {
+    const db = (migrated = await fixture.fresh());
+    assert.equal(db.backend, fixture.kind);
     assert.deepEqual(await tables(db), []);
     const files = await loadMigrations();
     assert.ok(
@@ -149,13 +217,18 @@ describe('migrations on the real PostgreSQL server', () => {
     );
   });
 
-  test('a re-run applies nothing and changes nothing', async () => {
-    const beforeRerun = await schemaSnapshot(db);
-    assert.deepEqual(await migrate(db), { applied: [] });
-    assert.deepEqual(await schemaSnapshot(db), beforeRerun);
+  suite.test('a re-run applies nothing and changes nothing, also after reopening the database', async (fixture) => {
+    const beforeRerun = await schemaSnapshot(migratedDb());
+    assert.deepEqual(await migrate(migratedDb()), { applied: [] });
+    assert.deepEqual(await schemaSnapshot(migratedDb()), beforeRerun);
+
+    migrated = await fixture.reopen(migratedDb());
+    assert.deepEqual(await migrate(migratedDb()), { applied: [] }, 'the migrations persisted');
+    assert.deepEqual(await schemaSnapshot(migratedDb()), beforeRerun);
   });
 
-  test('the schema enforces what the code relies on', async () => {
+  suite.test('the schema enforces what the code relies on', async () => {
+    const db = migratedDb();
     const run = newRun();
     await recordRun(db, run, TWO_PARTITIONS, { emptyRawTable: false });
     // An incremental run without a lower bound would silently fetch everything.
@@ -173,62 +246,63 @@ describe('migrations on the real PostgreSQL server', () => {
       /raw_diamonds_nivoda_supplier_stone_id_key/,
     );
   });
-});
 
-describe('concurrent migrators', () => {
-  test('two processes migrating the same empty database at once both succeed, each migration applied once', async () => {
-    const { test: target, db: first } = await freshPostgres();
-    const second = await openDatabase({ backend: 'postgres', url: target.url, poolMax: 4 });
-    cleanups.push(() => second.close());
-    const third = await openDatabase({ backend: 'postgres', url: target.url, poolMax: 4 });
-    cleanups.push(() => third.close());
+  suite.test(
+    'three sessions migrating the same empty database at once all succeed, each migration applied once',
+    { needs: ['concurrentSessions'] },
+    async (fixture) => {
+      const first = await fixture.fresh();
+      const second = await fixture.anotherSession(first);
+      const third = await fixture.anotherSession(first);
 
-    const results = await Promise.all([migrate(first), migrate(second), migrate(third)]);
-    const files = (await loadMigrations()).map((m) => m.id);
-    const all = results.flatMap((r) => r.applied).sort();
-    assert.deepEqual(all, [...files].sort(), 'every migration applied exactly once across the migrators');
-    const recorded = await first.query<{ n: number }>('SELECT count(*) AS n FROM schema_migrations');
-    assert.equal(recorded[0]!.n, files.length);
-    for (const table of EXPECTED_TABLES) assert.ok((await tables(first)).includes(table));
-  });
-});
+      const results = await Promise.all([migrate(first), migrate(second), migrate(third)]);
+      const files = (await loadMigrations()).map((m) => m.id);
+      const all = results.flatMap((r) => r.applied).sort();
+      assert.deepEqual(all, [...files].sort(), 'every migration applied exactly once across the migrators');
+      const recorded = await first.query<{ n: number }>('SELECT count(*) AS n FROM schema_migrations');
+      assert.equal(recorded[0]!.n, files.length);
+      for (const table of EXPECTED_TABLES) assert.ok((await tables(first)).includes(table));
+    },
+  );
 
-describe('migration files', () => {
-  test('an edited applied migration, a misnamed file and a failing one are refused; a failed one leaves no trace', async () => {
-    const { db } = await freshPostgres();
-    const dir = await tempDir('migrations-');
-    await writeFile(path.join(dir, '001_first.sql'), 'CREATE TABLE first_t (id int);\nCREATE TABLE first_u (id int);\n');
-    assert.deepEqual(await migrate(db, { dir }), { applied: ['001_first'] });
+  suite.test('an edited applied migration and a failing one are refused; a failed one leaves no trace', async (fixture) => {
+    const db = await fixture.fresh();
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'migrations-'));
+    try {
+      await writeFile(path.join(dir, '001_first.sql'), 'CREATE TABLE first_t (id int);\nCREATE TABLE first_u (id int);\n');
+      assert.deepEqual(await migrate(db, { dir }), { applied: ['001_first'] });
 
-    await writeFile(path.join(dir, '002_broken.sql'), 'CREATE TABLE second_t (id int);\nSELECT no_such_column FROM first_t;\n');
-    await assert.rejects(migrate(db, { dir }), (err: unknown) => err instanceof MigrationError && /002_broken/.test(err.message));
-    // Its transaction rolled back: the table it created before failing is gone, and it is not recorded.
-    assert.ok(!(await tables(db)).includes('second_t'));
-    const versions = await db.query<{ version: string }>('SELECT version FROM schema_migrations ORDER BY version');
-    assert.deepEqual(
-      versions.map((v) => v.version),
-      ['001'],
-    );
+      await writeFile(path.join(dir, '002_broken.sql'), 'CREATE TABLE second_t (id int);\nSELECT no_such_column FROM first_t;\n');
+      await assert.rejects(migrate(db, { dir }), (err: unknown) => err instanceof MigrationError && /002_broken/.test(err.message));
+      // Its transaction rolled back: the table it created before failing is gone, and it is not recorded.
+      assert.ok(!(await tables(db)).includes('second_t'));
+      const versions = await db.query<{ version: string }>('SELECT version FROM schema_migrations ORDER BY version');
+      assert.deepEqual(
+        versions.map((v) => v.version),
+        ['001'],
+      );
 
-    await writeFile(path.join(dir, '002_broken.sql'), 'CREATE TABLE second_t (id int);\n');
-    await writeFile(path.join(dir, '001_first.sql'), 'CREATE TABLE first_t (id bigint);\n');
-    await assert.rejects(migrate(db, { dir }), /001_first was changed after it was applied/);
-
-    const other = await tempDir('migrations-');
-    await writeFile(path.join(other, '1_oops.sql'), 'SELECT 1;');
-    await assert.rejects(loadMigrations(other), /1_oops.sql is not named NNN_name.sql/);
-  });
-});
-
-describe('run records on the real PostgreSQL server', () => {
-  let db: Database;
-  let testDb: TestDatabase;
-  before(async () => {
-    ({ db, test: testDb } = await freshPostgres());
-    await migrate(db);
+      await writeFile(path.join(dir, '002_broken.sql'), 'CREATE TABLE second_t (id int);\n');
+      await writeFile(path.join(dir, '001_first.sql'), 'CREATE TABLE first_t (id bigint);\n');
+      await assert.rejects(migrate(db, { dir }), /001_first was changed after it was applied/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
-  test('recordRun is one transaction: a failing partition leaves no run row and the raw table untouched', async () => {
+  // The run-record cases share one migrated database, each starting from the state it needs.
+  let records: Database | undefined;
+  const recordsDb = async (fixture: DbFixture): Promise<Database> => {
+    if (!records) {
+      records = await fixture.fresh();
+      await migrate(records);
+    }
+    return records;
+  };
+
+  suite.test('recordRun is one transaction: a failing partition leaves no run row and the raw table untouched', async (fixture) => {
+    const db = await recordsDb(fixture);
+    await db.exec('TRUNCATE raw_diamonds_nivoda');
     await insertRawRows(db, 3);
     const run = newRun({ runType: 'full', watermarkBefore: null, updatedFrom: null });
     const bad: Partition[] = [
@@ -251,7 +325,22 @@ describe('run records on the real PostgreSQL server', () => {
     );
   });
 
-  test('an incremental run leaves the raw table alone; a duplicate run id is refused', async () => {
+  suite.test('recordRun rolls back on a duplicate partition id too', async (fixture) => {
+    const db = await recordsDb(fixture);
+    await db.exec('TRUNCATE raw_diamonds_nivoda');
+    await insertRawRows(db, 2);
+    const run = newRun({ runType: 'full', updatedFrom: null, watermarkBefore: null });
+    const duplicate: Partition[] = [TWO_PARTITIONS[0]!, TWO_PARTITIONS[0]!];
+    await assert.rejects(recordRun(db, run, duplicate, { emptyRawTable: true }));
+    assert.equal(await getRun(db, run.runId), undefined);
+    assert.equal(await rawCount(db), 2);
+    await recordRun(db, run, TWO_PARTITIONS, { emptyRawTable: true });
+    assert.equal(await rawCount(db), 0);
+  });
+
+  suite.test('an incremental run leaves the raw table alone; a duplicate run id is refused', async (fixture) => {
+    const db = await recordsDb(fixture);
+    await db.exec('TRUNCATE raw_diamonds_nivoda');
     await insertRawRows(db, 2);
     const run = newRun();
     await recordRun(db, run, TWO_PARTITIONS, { emptyRawTable: false });
@@ -260,7 +349,8 @@ describe('run records on the real PostgreSQL server', () => {
     assert.equal(await rawCount(db), 2, 'the refused full run emptied nothing');
   });
 
-  test('life cycle: scheduling → published → completed, failed, abandoned; listRuns newest first', async () => {
+  suite.test('life cycle: scheduling → published → completed, failed, abandoned; listRuns newest first', async (fixture) => {
+    const db = await recordsDb(fixture);
     await db.exec('DELETE FROM run_metadata');
     const a = newRun({ startedAt: '2024-02-01T00:00:00.000Z' });
     const b = newRun({ startedAt: '2024-02-02T00:00:00.000Z' });
@@ -312,29 +402,31 @@ describe('run records on the real PostgreSQL server', () => {
     );
   });
 
-  test('a full run whose TRUNCATE cannot get its lock fails whole: no run row, the raw table untouched', async () => {
-    await db.exec('DELETE FROM run_metadata');
-    await db.exec('TRUNCATE raw_diamonds_nivoda');
-    await db.query(
-      `INSERT INTO raw_diamonds_nivoda (supplier_stone_id, offer_id, payload, run_id) VALUES ('held', 'o', '{}', gen_random_uuid())`,
-    );
-    assert.equal(await rawTableHasRows(db), true);
-    const worker = new pg.Client({ connectionString: testDb.url });
-    await worker.connect();
-    try {
-      await worker.query('BEGIN');
-      await worker.query('LOCK TABLE raw_diamonds_nivoda IN ACCESS SHARE MODE'); // a worker reading it
+  suite.test(
+    'a full run whose TRUNCATE cannot get its lock fails whole: no run row, the raw table untouched',
+    { needs: ['concurrentSessions'] },
+    async (fixture) => {
+      const db = await recordsDb(fixture);
+      await db.exec('DELETE FROM run_metadata');
+      await db.exec('TRUNCATE raw_diamonds_nivoda');
+      await db.query(
+        `INSERT INTO raw_diamonds_nivoda (supplier_stone_id, offer_id, payload, run_id) VALUES ('held', 'o', '{}', gen_random_uuid())`,
+      );
+      assert.equal(await rawTableHasRows(db), true);
+      const worker = await fixture.anotherSession(db);
       const full = newRun({ runType: 'full', updatedFrom: null, watermarkBefore: null });
-      await assert.rejects(recordRun(db, full, TWO_PARTITIONS, { emptyRawTable: true, lockTimeoutMs: 200 }), /lock timeout/);
-      assert.equal(await getRun(db, full.runId), undefined);
-    } finally {
-      await worker.query('ROLLBACK');
-      await worker.end();
-    }
-    assert.equal(await rawTableHasRows(db), true);
-  });
+      // A worker reading the table holds ACCESS SHARE for the whole of its transaction.
+      await worker.transaction(async (tx) => {
+        await tx.exec('LOCK TABLE raw_diamonds_nivoda IN ACCESS SHARE MODE');
+        await assert.rejects(recordRun(db, full, TWO_PARTITIONS, { emptyRawTable: true, lockTimeoutMs: 200 }), /lock timeout/);
+        assert.equal(await getRun(db, full.runId), undefined);
+      });
+      assert.equal(await rawTableHasRows(db), true);
+    },
+  );
 
-  test('the full-run guard: recent failed or abandoned runs count, runs without work items never do', async () => {
+  suite.test('the full-run guard: recent failed or abandoned runs count, runs without work items never do', async (fixture) => {
+    const db = await recordsDb(fixture);
     await db.exec('DELETE FROM run_metadata');
     const now = new Date().toISOString();
     const empty = newRun({ startedAt: now, expectedWorkers: 0 });
@@ -361,66 +453,48 @@ describe('run records on the real PostgreSQL server', () => {
     await markPublished(db, full.runId);
     assert.equal((await lastPublishedFullRun(db))?.totalRecords, 437_849);
   });
-});
 
-describe('PGlite (embedded)', () => {
-  let dir: string;
-  let db: Database;
-  before(async () => {
-    dir = path.join(await tempDir('pglite-'), 'nested', 'pglite');
-    db = await openDatabase({ backend: 'pglite', dir });
-    cleanups.push(() => db.close());
-  });
-
-  test('migrations from empty; a re-run, also after reopening the directory, applies nothing', async () => {
-    assert.equal(db.backend, 'pglite');
-    const files = (await loadMigrations()).map((m) => m.id);
-    assert.deepEqual(await migrate(db), { applied: files });
-    for (const table of EXPECTED_TABLES) assert.ok((await tables(db)).includes(table));
-    const snapshot = await schemaSnapshot(db);
-    assert.deepEqual(await migrate(db), { applied: [] });
-    assert.deepEqual(await schemaSnapshot(db), snapshot);
-
-    await db.close();
-    db = await openDatabase({ backend: 'pglite', dir });
-    assert.deepEqual(await migrate(db), { applied: [] }, 'the migrations persisted in the directory');
-    assert.deepEqual(await schemaSnapshot(db), snapshot);
-  });
-
-  test('recordRun rolls back on PGlite too', async () => {
-    await insertRawRows(db, 2);
-    const run = newRun({ runType: 'full', updatedFrom: null, watermarkBefore: null });
-    const duplicate: Partition[] = [TWO_PARTITIONS[0]!, TWO_PARTITIONS[0]!];
-    await assert.rejects(recordRun(db, run, duplicate, { emptyRawTable: true }));
-    assert.equal(await getRun(db, run.runId), undefined);
-    assert.equal(await rawCount(db), 2);
-    await recordRun(db, run, TWO_PARTITIONS, { emptyRawTable: true });
-    assert.equal(await rawCount(db), 0);
-  });
-
-  test('pg and PGlite return the same JS values and types for the same rows', async () => {
-    const { db: server } = await freshPostgres();
-    await migrate(server);
+  // Every backend is held to the same literal values, so the two hand the rest of the code the
+  // same JS values and types for the same rows.
+  suite.test('returns the JS values and types the rest of the code expects, for run rows and for every column type', async (fixture) => {
+    const db = await recordsDb(fixture);
     const run = newRun({ totalRecords: 4_000_000_000 }); // above int4: exercises bigint parsing
-    for (const target of [server, db]) await recordRun(target, run, TWO_PARTITIONS, { emptyRawTable: false });
-    const fromServer = await getRun(server, run.runId);
-    const fromPglite = await getRun(db, run.runId);
-    assert.deepEqual(fromPglite, fromServer);
-    assert.equal(fromServer?.totalRecords, 4_000_000_000);
-    assert.equal(fromServer?.updatedTo, run.updatedTo, 'timestamps round-trip as the same ISO string');
-    assert.deepEqual(await listPartitions(db, run.runId), await listPartitions(server, run.runId));
+    await recordRun(db, run, TWO_PARTITIONS, { emptyRawTable: false });
+    const stored = await getRun(db, run.runId);
+    assert.equal(stored?.totalRecords, 4_000_000_000);
+    assert.equal(stored?.updatedTo, run.updatedTo, 'timestamps round-trip as the same ISO string');
+    const expectedRun: RunRecord = {
+      runId: run.runId,
+      runType: 'incremental',
+      status: 'scheduling',
+      expectedWorkers: 2,
+      watermarkBefore: '2024-01-15T02:00:00.000Z',
+      updatedFrom: '2024-01-15T01:45:00.000Z',
+      updatedTo: '2024-01-16T03:00:00.123Z',
+      priceField: 'dollar_value',
+      totalRecords: 4_000_000_000,
+      countQueries: 17,
+      scanDurationMs: 812,
+      startedAt: '2024-01-16T03:00:00.123Z',
+      publishedAt: null,
+      completedAt: null,
+      error: null,
+    };
+    assert.deepEqual(stored, expectedRun);
+    assert.deepEqual(
+      await listPartitions(db, run.runId),
+      TWO_PARTITIONS.map((p) => ({ ...p, publishedAt: null })),
+    );
 
     const probe = `SELECT 9007199254740991::bigint AS big, count(*) AS n, 7::int4 AS small, 1.25::float8 AS float,
       '12.50'::numeric AS num, true AS flag, '{"a":[1,"x"],"b":null}'::jsonb AS doc,
       '2024-01-15T02:00:00.000Z'::timestamptz AS ts, NULL::timestamptz AS missing,
       'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid AS id, 'text' AS label`;
-    const [a] = await server.query(probe);
-    const [b] = await db.query(probe);
-    assert.ok(a && b);
-    const shape = (row: Record<string, unknown>) =>
-      Object.fromEntries(Object.entries(row).map(([k, v]) => [k, v === null ? 'null' : (v as object).constructor.name]));
-    assert.deepEqual(shape(b), shape(a));
-    assert.deepEqual(shape(a), {
+    const [row] = await db.query(probe);
+    assert.ok(row);
+    const shape = (r: Record<string, unknown>) =>
+      Object.fromEntries(Object.entries(r).map(([k, v]) => [k, v === null ? 'null' : (v as object).constructor.name]));
+    assert.deepEqual(shape(row), {
       big: 'Number',
       n: 'Number',
       small: 'Number',
@@ -433,10 +507,23 @@ describe('PGlite (embedded)', () => {
       id: 'String',
       label: 'String',
     });
-    assert.deepEqual(b, a);
+    assert.deepEqual(row, {
+      big: 9007199254740991,
+      n: 1,
+      small: 7,
+      float: 1.25,
+      num: '12.50',
+      flag: true,
+      doc: { a: [1, 'x'], b: null },
+      ts: new Date('2024-01-15T02:00:00.000Z'),
+      missing: null,
+      id: 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+      label: 'text',
+    });
   });
 
-  test('the lease lock works on PGlite: acquire, refuse a second holder, release, acquire again', async () => {
+  suite.test('the lease lock: acquire, refuse a second holder, release, acquire again', async (fixture) => {
+    const db = await recordsDb(fixture);
     const logger = createLogger({ level: 'silent' });
     const a = await acquireLock(db, { holder: 'a', ttlSeconds: 30, logger });
     assert.ok(a.acquired);

@@ -1,21 +1,32 @@
-// The work-items queue: the real @azure/service-bus SDK publishing to an in-process AMQP 1.0
-// peer (test/helpers/servicebus-peer.ts), and the local queue on an embedded database.
+// The work-items queue port, one conformance suite run against every backend: the local queue
+// (a table in the scheduler's database, on PGlite and on the real PostgreSQL server) and Azure
+// Service Bus (the real @azure/service-bus SDK publishing to the in-process AMQP 1.0 peer of
+// test/helpers/servicebus-peer.ts). What only one backend has (the SDK's batches, faults and
+// errors; the local table's peek, logs and single transaction) is tested beside the suite.
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { describe, test, type TestContext } from 'node:test';
 import type { Config } from '../src/config.js';
 import type { Database } from '../src/db/database.js';
 import { migrate } from '../src/db/migrate.js';
-import { openPglite } from '../src/db/pglite.js';
+import { openDatabase } from '../src/db/open.js';
 import type { WorkItemMessage } from '../src/domain.js';
 import { PermanentError, TransientError } from '../src/errors.js';
 import type { Logger } from '../src/log.js';
 import { openQueue, type QueueDeps } from '../src/queue/open.js';
-import { isLocalQueue, toEnvelope } from '../src/queue/queue.js';
-import { BATCH_MESSAGE_FORMAT, closedPort, startServiceBusPeer, type ServiceBusPeer } from './helpers/servicebus-peer.js';
+import { isLocalQueue, toEnvelope, type LocalWorkItemQueue, type WorkItemQueue } from '../src/queue/queue.js';
+import { forEachBackend, runCleanups, type Backend } from './helpers/conformance.js';
 import { captureLogs } from './helpers/logs.js';
+import { createTestDatabase } from './helpers/postgres.js';
+import {
+  BATCH_MESSAGE_FORMAT,
+  closedPort,
+  startServiceBusPeer,
+  type ReceivedMessage,
+  type ServiceBusPeer,
+} from './helpers/servicebus-peer.js';
 
 const RUN_ID = '4f1c2a9e-8b7d-4c3e-9a1f-0d2e3b4c5a6f';
 
@@ -35,6 +46,8 @@ function workItems(count: number, runId = RUN_ID): WorkItemMessage[] {
     query: {},
   }));
 }
+
+const messageIdOf = (item: WorkItemMessage): string => `${item.runId}:${item.partitionId}`;
 
 // The Service Bus backend never touches the database; a value that fails loudly if it did.
 const noDb = new Proxy({} as Database, {
@@ -58,13 +71,36 @@ function sbDeps(logger: Logger, extra: Partial<QueueDeps> = {}): QueueDeps {
   };
 }
 
-/** Every item arrived exactly once, with the CONTRACT §3 envelope and its JSON body. */
+/** A work item as its consumer receives it: the CONTRACT §3 broker properties and the JSON body. */
+type Delivered = Omit<ReceivedMessage, 'applicationProperties'> & { applicationProperties: unknown };
+
+/** Every item delivered exactly once, in publish order, with the CONTRACT §3 envelope and its JSON body. */
+function assertDelivered(delivered: Delivered[], items: WorkItemMessage[], queueName: string): void {
+  assert.equal(delivered.length, items.length, 'messages delivered');
+  assert.deepEqual(
+    delivered.map((m) => m.messageId),
+    items.map(messageIdOf),
+    'each messageId once, in publish order',
+  );
+  const byId = new Map(delivered.map((m) => [m.messageId, m]));
+  for (const item of items) {
+    const got = byId.get(messageIdOf(item));
+    assert.ok(got, `${item.partitionId} was delivered`);
+    assert.equal(got.queue, queueName);
+    assert.equal(got.subject, 'work-item');
+    assert.equal(got.contentType, 'application/json');
+    assert.deepEqual(got.applicationProperties, { runId: item.runId, partitionId: item.partitionId });
+    assert.deepEqual(got.body, item);
+  }
+}
+
+/** Every item arrived at the peer exactly once (no copy at all), with the CONTRACT §3 envelope and its JSON body. */
 function assertExactlyOnce(peer: ServiceBusPeer, items: WorkItemMessage[]): void {
   assert.equal(peer.received.length, items.length, 'messages received');
   const byId = new Map(peer.received.map((m) => [m.messageId, m]));
   assert.equal(byId.size, items.length, 'distinct messageIds');
   for (const item of items) {
-    const got = byId.get(`${item.runId}:${item.partitionId}`);
+    const got = byId.get(messageIdOf(item));
     assert.ok(got, `${item.partitionId} was received`);
     assert.equal(got.queue, 'work-items');
     assert.equal(got.subject, 'work-item');
@@ -83,6 +119,155 @@ async function withPeer(fn: (peer: ServiceBusPeer) => Promise<void>, options?: P
   }
 }
 
+/** One queue on an empty destination, for one test; closed when the test ends. */
+interface QueueTarget {
+  queue: WorkItemQueue;
+  /** What a consumer receives: each messageId once (the broker's duplicate detection), in arrival order. */
+  delivered(): Promise<Delivered[]>;
+  /**
+   * How many messages each group the backend accepted held, in order (a Service Bus batch, a
+   * local transaction), re-sent copies included: their sum is everything that reached the backend.
+   */
+  acceptedGroups(): number[];
+  /** The queue's log lines. */
+  logs(): Array<Record<string, unknown>>;
+}
+
+interface QueueFixture {
+  kind: WorkItemQueue['kind'];
+  /** The destination's name as delivered messages carry it. */
+  queueName: string;
+  open(t: TestContext): Promise<QueueTarget>;
+  close(): Promise<void>;
+}
+
+interface LocalQueueFixture extends QueueFixture {
+  kind: 'local';
+  db: Database;
+  open(t: TestContext): Promise<QueueTarget & { queue: LocalWorkItemQueue }>;
+}
+
+const LOCAL_LOG = 'work items queued locally';
+
+interface LocalRow extends Record<string, unknown> {
+  message_id: string;
+  subject: string;
+  content_type: string;
+  body: unknown;
+  application_properties: unknown;
+}
+
+/** The local queue on `config`'s database, migrated once; each test starts from an empty table. */
+function localBackend(name: string, database: () => Promise<{ config: Config['database']; remove: () => Promise<void> }>) {
+  const backend: Backend<LocalQueueFixture> = {
+    name,
+    async open() {
+      const cleanups: (() => Promise<unknown>)[] = [];
+      try {
+        const { config, remove } = await database();
+        cleanups.push(remove);
+        const db = await openDatabase(config);
+        cleanups.push(() => db.close());
+        await migrate(db);
+        return {
+          kind: 'local',
+          queueName: 'local_work_items',
+          db,
+          async open(t) {
+            await db.exec('DELETE FROM local_work_items');
+            const { logger, records } = captureLogs();
+            const queue = await openQueue({ backend: 'local' }, { db, logger });
+            t.after(() => queue.close());
+            assert.ok(isLocalQueue(queue), 'the local backend opens a local queue');
+            return {
+              queue,
+              async delivered() {
+                const rows = await db.query<LocalRow>(
+                  `SELECT message_id, subject, content_type, body, application_properties
+                     FROM local_work_items ORDER BY enqueued_at, seq`,
+                );
+                return rows.map((row) => ({
+                  queue: 'local_work_items',
+                  messageId: row.message_id,
+                  subject: row.subject,
+                  contentType: row.content_type,
+                  applicationProperties: row.application_properties,
+                  body: row.body,
+                }));
+              },
+              // One transaction per publish; its log line counts the rows inserted and those dropped as duplicates.
+              acceptedGroups: () =>
+                records()
+                  .filter((l) => l.msg === LOCAL_LOG)
+                  .map((l) => Number(l.inserted) + Number(l.duplicates)),
+              logs: records,
+            };
+          },
+          close: () => runCleanups(cleanups),
+        };
+      } catch (err) {
+        await runCleanups(cleanups);
+        throw err;
+      }
+    },
+    close: (fixture) => fixture.close(),
+  };
+  return backend;
+}
+
+const localPglite = localBackend('local queue on PGlite', async () => {
+  const root = await mkdtemp(path.join(tmpdir(), 'queue-test-'));
+  return { config: { backend: 'pglite', dir: path.join(root, 'pglite') }, remove: () => rm(root, { recursive: true, force: true }) };
+});
+
+const localPostgres = localBackend('local queue on PostgreSQL', async () => {
+  const target = await createTestDatabase();
+  return { config: { backend: 'postgres', url: target.url, poolMax: 4 }, remove: () => target.drop() };
+});
+
+/**
+ * Service Bus with duplicate detection on the queue (CONTRACT §3) drops a message whose
+ * messageId it has already taken; the peer keeps every copy, so the consumer's view applies
+ * that rule to what the peer received: the first copy of each messageId, in arrival order.
+ */
+function afterDuplicateDetection(received: ReceivedMessage[]): ReceivedMessage[] {
+  const seen = new Set<string | undefined>();
+  return received.filter((m) => !seen.has(m.messageId) && seen.add(m.messageId));
+}
+
+const serviceBus: Backend<QueueFixture> = {
+  name: 'Service Bus peer',
+  async open() {
+    return {
+      kind: 'servicebus',
+      queueName: 'work-items',
+      // A peer per test: each starts with nothing received and no fault armed.
+      async open(t) {
+        const peer = await startServiceBusPeer();
+        const { logger, records } = captureLogs();
+        const queue = await openQueue(serviceBusConfig(peer.connectionString()), sbDeps(logger)).catch(async (err: unknown) => {
+          await peer.close();
+          throw err;
+        });
+        t.after(async () => {
+          await queue.close();
+          await peer.close();
+        });
+        return {
+          queue,
+          delivered: async () => afterDuplicateDetection(peer.received),
+          acceptedGroups: () => peer.deliveries.filter((d) => d.outcome === 'accepted').map((d) => d.messages),
+          logs: records,
+        };
+      },
+      close: async () => {},
+    };
+  },
+  close: (fixture) => fixture.close(),
+};
+
+const sum = (values: number[]): number => values.reduce((a, b) => a + b, 0);
+
 describe('toEnvelope', () => {
   test('builds the CONTRACT §3 broker properties from the work item', () => {
     const [item] = workItems(1) as [WorkItemMessage];
@@ -96,14 +281,68 @@ describe('toEnvelope', () => {
   });
 });
 
-describe('Service Bus queue (real SDK against the AMQP peer)', () => {
+forEachBackend<QueueFixture>('queue port', [localPglite, localPostgres, serviceBus], (suite) => {
   for (const count of [1, 30, 5000]) {
-    test(`publishes ${count} item(s), each received exactly once`, async () => {
+    suite.test(`publishes ${count} item(s): each delivered exactly once, in order, with the CONTRACT §3 envelope`, async (fixture, t) => {
+      const { queue, delivered, acceptedGroups } = await fixture.open(t);
+      assert.equal(queue.kind, fixture.kind);
+      assert.equal(isLocalQueue(queue), fixture.kind === 'local');
+      const items = workItems(count);
+      assert.deepEqual(await queue.publish(items), { published: count });
+      assertDelivered(await delivered(), items, fixture.queueName);
+      assert.equal(sum(acceptedGroups()), count, 'no copy was sent');
+    });
+  }
+
+  suite.test('progress hears of every accepted group as it is accepted: all items, in order, each once', async (fixture, t) => {
+    const { queue, acceptedGroups } = await fixture.open(t);
+    const items = workItems(5000);
+    const reported: string[][] = [];
+    const progress = {
+      onSent: async (sent: WorkItemMessage[]) => {
+        // Called once the group is accepted, before the next one is sent.
+        assert.equal(acceptedGroups().length, reported.length + 1, 'reported right after its group was accepted');
+        reported.push(sent.map((i) => i.partitionId));
+      },
+    };
+    assert.deepEqual(await queue.publish(items, progress), { published: 5000 });
+    assert.deepEqual(
+      reported.map((group) => group.length),
+      acceptedGroups(),
+      'one report per accepted group, of its size',
+    );
+    assert.deepEqual(
+      reported.flat(),
+      items.map((i) => i.partitionId),
+    );
+  });
+
+  suite.test('a re-publish of the same run/partitions reaches the backend and is dropped by messageId', async (fixture, t) => {
+    const { queue, delivered, acceptedGroups } = await fixture.open(t);
+    const items = workItems(1200);
+    assert.deepEqual(await queue.publish(items), { published: 1200 });
+    assert.deepEqual(await queue.publish(items), { published: 1200 });
+    assert.equal(sum(acceptedGroups()), 2400, 'both publishes were accepted in full');
+    assertDelivered(await delivered(), items, fixture.queueName);
+  });
+
+  suite.test('an empty publish sends nothing and reports no progress', async (fixture, t) => {
+    const { queue, delivered, acceptedGroups } = await fixture.open(t);
+    let reports = 0;
+    assert.deepEqual(await queue.publish([], { onSent: async () => void reports++ }), { published: 0 });
+    assert.equal(reports, 0);
+    assert.deepEqual(acceptedGroups(), []);
+    assert.deepEqual(await delivered(), []);
+  });
+});
+
+describe('Service Bus only: the SDK on the wire, its faults and errors (against the AMQP peer)', () => {
+  test('authorised through $cbs, every transfer a batch; 1 and 30 items in one transfer, 5,000 in several', async () => {
+    for (const count of [1, 30, 5000]) {
       await withPeer(async (peer) => {
         const { logger } = captureLogs();
         const queue = await openQueue(serviceBusConfig(peer.connectionString()), sbDeps(logger));
         try {
-          assert.equal(queue.kind, 'servicebus');
           const items = workItems(count);
           assert.deepEqual(await queue.publish(items), { published: count });
           assertExactlyOnce(peer, items);
@@ -112,14 +351,14 @@ describe('Service Bus queue (real SDK against the AMQP peer)', () => {
           if (count === 5000) {
             assert.ok(peer.deliveries.length > 1, `5,000 items span several batches (got ${peer.deliveries.length})`);
           } else {
-            assert.equal(peer.deliveries.length, 1);
+            assert.equal(peer.deliveries.length, 1, `${count} item(s) in one batch`);
           }
         } finally {
           await queue.close();
         }
       });
-    });
-  }
+    }
+  });
 
   test('a full batch is sent and a new one started: small size limit, every item once', async () => {
     await withPeer(
@@ -320,27 +559,9 @@ describe('Service Bus queue (real SDK against the AMQP peer)', () => {
   });
 });
 
-describe('local queue (PGlite)', () => {
-  let dir: string;
-  let db: Database;
-
-  before(async () => {
-    dir = await mkdtemp(path.join(tmpdir(), 'queue-test-'));
-    db = await openPglite(path.join(dir, 'pglite'));
-    await migrate(db);
-  });
-
-  after(async () => {
-    await db?.close();
-    if (dir) await rm(dir, { recursive: true, force: true });
-  });
-
-  test('without Service Bus configuration, work items go to the durable table and peek lists them oldest first', async () => {
-    const { logger } = captureLogs();
-    const queue = await openQueue({ backend: 'local' }, { db, logger });
-    assert.equal(queue.kind, 'local');
-    assert.ok(isLocalQueue(queue));
-
+forEachBackend<LocalQueueFixture>('local queue only', [localPglite, localPostgres], (suite) => {
+  suite.test('peek lists the queued work items oldest first, with their envelope and enqueue time', async (fixture, t) => {
+    const { queue } = await fixture.open(t);
     const first = workItems(3, '00000000-0000-4000-8000-000000000001');
     const second = workItems(2, '00000000-0000-4000-8000-000000000002');
     assert.deepEqual(await queue.publish(first), { published: 3 });
@@ -349,7 +570,7 @@ describe('local queue (PGlite)', () => {
     const peeked = await queue.peek();
     assert.deepEqual(
       peeked.map((p) => p.messageId),
-      [...first, ...second].map((i) => `${i.runId}:${i.partitionId}`),
+      [...first, ...second].map(messageIdOf),
     );
     const [head] = peeked;
     assert.ok(head);
@@ -361,23 +582,20 @@ describe('local queue (PGlite)', () => {
       (await queue.peek(2)).map((p) => p.messageId),
       peeked.slice(0, 2).map((p) => p.messageId),
     );
-    await queue.close();
   });
 
-  test('re-publishing the same run/partitions is idempotent; thousands of items in one call', async () => {
-    const { logger, records: lines } = captureLogs();
-    const queue = await openQueue({ backend: 'local' }, { db, logger });
-    assert.ok(isLocalQueue(queue));
+  suite.test('each publish logs how many rows it inserted and how many it dropped as duplicates', async (fixture, t) => {
+    const { queue, logs } = await fixture.open(t);
     const runId = '00000000-0000-4000-8000-000000000003';
     const items = workItems(1200, runId);
     await queue.publish(items);
     await queue.publish(items);
-    const rows = await db.query<{ n: number }>(
+    const rows = await fixture.db.query<{ n: number }>(
       `SELECT count(*)::int AS n FROM local_work_items WHERE application_properties->>'runId' = $1`,
       [runId],
     );
     assert.equal(rows[0]?.n, 1200);
-    const logged = lines().filter((l) => l.msg === 'work items queued locally');
+    const logged = logs().filter((l) => l.msg === LOCAL_LOG);
     assert.deepEqual(
       logged.map((l) => [l.inserted, l.duplicates]),
       [
@@ -387,16 +605,15 @@ describe('local queue (PGlite)', () => {
     );
   });
 
-  test('a failed publish queues nothing (one transaction)', async () => {
-    const { logger } = captureLogs();
-    const queue = await openQueue({ backend: 'local' }, { db, logger });
+  suite.test('a failed publish queues nothing (one transaction)', async (fixture, t) => {
+    const { queue } = await fixture.open(t);
     const runId = '00000000-0000-4000-8000-000000000004';
     const items = workItems(700, runId);
     // A body the table cannot hold (NUL in jsonb text) in the second chunk makes the publish fail midway.
     const bad = items[650] as WorkItemMessage;
     items[650] = { ...bad, watermarkBefore: 'bad\u0000value' };
     await assert.rejects(queue.publish(items));
-    const rows = await db.query<{ n: number }>(
+    const rows = await fixture.db.query<{ n: number }>(
       `SELECT count(*)::int AS n FROM local_work_items WHERE application_properties->>'runId' = $1`,
       [runId],
     );
