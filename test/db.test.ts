@@ -15,8 +15,12 @@ import type { Database } from '../src/db/database.js';
 import { loadMigrations, migrate, MigrationError } from '../src/db/migrate.js';
 import { openDatabase } from '../src/db/open.js';
 import {
+  abandonRun,
+  beginRun,
   failInterruptedScans,
   getRun,
+  notePublishAttempt,
+  unpublishedRuns,
   listPartitions,
   listRuns,
   markFailed,
@@ -345,62 +349,90 @@ forEachBackend('database port', [postgres, pglite], (suite) => {
     const run = newRun();
     await recordRun(db, run, TWO_PARTITIONS, { emptyRawTable: false });
     assert.equal(await rawCount(db), 2);
-    await assert.rejects(recordRun(db, run, TWO_PARTITIONS, { emptyRawTable: true }), /run_metadata_pkey/);
+    await assert.rejects(recordRun(db, run, TWO_PARTITIONS, { emptyRawTable: true }), /is scheduling, not scanning/);
     assert.equal(await rawCount(db), 2, 'the refused full run emptied nothing');
   });
 
-  suite.test('life cycle: scheduling → published → completed, failed, abandoned; listRuns newest first', async (fixture) => {
-    const db = await recordsDb(fixture);
-    await db.exec('DELETE FROM run_metadata');
-    const a = newRun({ startedAt: '2024-02-01T00:00:00.000Z' });
-    const b = newRun({ startedAt: '2024-02-02T00:00:00.000Z' });
-    const c = newRun({ startedAt: '2024-02-03T00:00:00.000Z' });
-    const d = newRun({ startedAt: '2024-02-04T00:00:00.000Z', expectedWorkers: 0 });
-    for (const run of [a, b, c]) await recordRun(db, run, TWO_PARTITIONS, { emptyRawTable: false });
-    await recordRun(db, d, [], { emptyRawTable: false });
+  suite.test(
+    'life cycle: scanning → scheduling → published, failed, finished after failing, abandoned; listRuns newest first',
+    async (fixture) => {
+      const db = await recordsDb(fixture);
+      await db.exec('DELETE FROM run_metadata');
+      const a = newRun({ startedAt: '2024-02-01T00:00:00.000Z' });
+      const b = newRun({ startedAt: '2024-02-02T00:00:00.000Z' });
+      const c = newRun({ startedAt: '2024-02-03T00:00:00.000Z' });
+      const d = newRun({ startedAt: '2024-02-04T00:00:00.000Z', expectedWorkers: 0 });
+      for (const run of [a, b, c]) await recordRun(db, run, TWO_PARTITIONS, { emptyRawTable: false });
+      await recordRun(db, d, [], { emptyRawTable: false });
 
-    await markPartitionsPublished(db, a.runId, ['partition-1']);
-    const partial = await listPartitions(db, a.runId);
-    assert.ok(partial[0]!.publishedAt !== null && partial[1]!.publishedAt === null);
+      await markPartitionsPublished(db, a.runId, ['partition-1']);
+      const partial = await listPartitions(db, a.runId);
+      assert.ok(partial[0]!.publishedAt !== null && partial[1]!.publishedAt === null);
 
-    await markPublished(db, a.runId);
-    const published = await getRun(db, a.runId);
-    assert.equal(published?.status, 'published');
-    assert.match(published?.publishedAt ?? '', /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
-    assert.ok((await listPartitions(db, a.runId)).every((p) => p.publishedAt !== null));
-    await assert.rejects(markPublished(db, a.runId), /is published, not scheduling/);
-    await assert.rejects(markPublished(db, randomUUID()), /does not exist/);
+      await markPublished(db, a.runId);
+      const published = await getRun(db, a.runId);
+      assert.equal(published?.status, 'published');
+      assert.match(published?.publishedAt ?? '', /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+      assert.ok((await listPartitions(db, a.runId)).every((p) => p.publishedAt !== null));
+      await assert.rejects(markPublished(db, a.runId), /is published, not scheduling/);
+      await assert.rejects(markPublished(db, randomUUID()), /does not exist/);
 
-    assert.deepEqual(
-      (await unfinishedRuns(db)).map((r) => r.runId),
-      [a.runId],
-    );
-    await db.query('UPDATE run_metadata SET completed_at = now() WHERE run_id = $1', [a.runId]);
-    assert.deepEqual(await unfinishedRuns(db), []);
+      // Every recorded run not completed counts as possibly worked, whether or not its items were acknowledged.
+      assert.deepEqual(
+        (await unfinishedRuns(db)).map((r) => r.runId),
+        [a.runId, b.runId, c.runId],
+      );
+      assert.deepEqual(
+        (await unpublishedRuns(db)).map((r) => r.runId),
+        [b.runId, c.runId, d.runId],
+        'recorded, not published: to be finished (also d, though it has no work items)',
+      );
+      await db.query(`UPDATE run_metadata SET completed_at = now(), status = 'completed' WHERE run_id = $1`, [a.runId]);
+      assert.deepEqual(
+        (await unfinishedRuns(db)).map((r) => r.runId),
+        [b.runId, c.runId],
+      );
 
-    const secret = 'postgres://scheduler:hunter2secret@db.example.com/prod';
-    assert.equal(await markFailed(db, b.runId, `queue down while using ${secret}`), true);
-    const failed = await getRun(db, b.runId);
-    assert.equal(failed?.status, 'failed');
-    assert.ok(failed?.error?.includes('queue down'));
-    assert.ok(!failed?.error?.includes('hunter2secret'), 'the stored error is scrubbed of secrets');
-    assert.equal(await markFailed(db, a.runId, 'late'), false, 'a published run is not turned into a failed one');
-    assert.equal((await getRun(db, a.runId))?.status, 'published');
+      const secret = 'postgres://scheduler:hunter2secret@db.example.com/prod';
+      assert.equal(await markFailed(db, b.runId, `queue down while using ${secret}`), true);
+      const failed = await getRun(db, b.runId);
+      assert.equal(failed?.status, 'failed');
+      assert.ok(failed?.error?.includes('queue down'));
+      assert.ok(!failed?.error?.includes('hunter2secret'), 'the stored error is scrubbed of secrets');
+      assert.equal(await markFailed(db, a.runId, 'late'), false, 'a completed run is not turned into a failed one');
+      assert.equal((await getRun(db, a.runId))?.status, 'completed');
+      // A run that failed after it was recorded is finished by a later invocation: published, its error cleared.
+      await notePublishAttempt(db, b.runId, 'host:1:next');
+      assert.equal((await getRun(db, b.runId))?.status, 'scheduling');
+      await markPublished(db, b.runId);
+      const finished = await getRun(db, b.runId);
+      assert.equal(finished?.status, 'published');
+      assert.equal(finished?.publishAttempts, 1);
+      assert.equal(finished?.error, null);
 
-    // Recorded runs left in scheduling are not abandoned (their items may be out): only scans are failed.
-    assert.equal(await failInterruptedScans(db), 0, 'c and d were recorded: they are to be finished, not failed');
-    assert.equal((await getRun(db, c.runId))?.status, 'scheduling');
+      // Recorded runs left in scheduling are not failed (their items may be out): only interrupted scans are.
+      const scanning = newRun({ startedAt: '2024-02-05T00:00:00.000Z' });
+      await beginRun(db, { runId: scanning.runId, holder: 'host:2:killed', startedAt: scanning.startedAt });
+      assert.equal((await getRun(db, scanning.runId))?.status, 'scanning');
+      assert.equal(await failInterruptedScans(db), 1, 'only the scan; c was recorded: it is to be finished');
+      assert.equal((await getRun(db, c.runId))?.status, 'scheduling');
+      assert.match((await getRun(db, scanning.runId))?.error ?? '', /stopped during the scan/);
 
-    const listed = await listRuns(db, 3);
-    assert.deepEqual(
-      listed.map((r) => r.runId),
-      [d.runId, c.runId, b.runId],
-    );
-    assert.deepEqual(
-      listed.map((r) => r.status),
-      ['abandoned', 'abandoned', 'failed'],
-    );
-  });
+      // Abandoning is an operator's decision, never automatic; a completed run cannot be abandoned.
+      assert.equal(await abandonRun(db, c.runId, 'its partitions were re-run by hand'), 'scheduling');
+      await assert.rejects(abandonRun(db, a.runId, 'too late'), /is completed/);
+
+      const listed = await listRuns(db, 3);
+      assert.deepEqual(
+        listed.map((r) => r.runId),
+        [scanning.runId, d.runId, c.runId],
+      );
+      assert.deepEqual(
+        listed.map((r) => r.status),
+        ['failed', 'scheduling', 'abandoned'],
+      );
+    },
+  );
 
   suite.test(
     'a full run whose TRUNCATE cannot get its lock fails whole: no run row, the raw table untouched',
@@ -425,34 +457,45 @@ forEachBackend('database port', [postgres, pglite], (suite) => {
     },
   );
 
-  suite.test('the full-run guard: recent failed or abandoned runs count, runs without work items never do', async (fixture) => {
-    const db = await recordsDb(fixture);
-    await db.exec('DELETE FROM run_metadata');
-    const now = new Date().toISOString();
-    const empty = newRun({ startedAt: now, expectedWorkers: 0 });
-    await recordRun(db, empty, [], { emptyRawTable: false });
-    await markPublished(db, empty.runId);
-    assert.ok((await getRun(db, empty.runId))?.completedAt, 'a run without work items is complete at once');
+  suite.test(
+    'the full-run guard: every recorded run not completed or abandoned counts, runs without work items never do',
+    async (fixture) => {
+      const db = await recordsDb(fixture);
+      await db.exec('DELETE FROM run_metadata');
+      const now = new Date().toISOString();
+      const empty = newRun({ startedAt: now, expectedWorkers: 0 });
+      await recordRun(db, empty, [], { emptyRawTable: false });
+      await markPublished(db, empty.runId);
+      assert.ok((await getRun(db, empty.runId))?.completedAt, 'a run without work items is complete at once');
+      assert.equal((await getRun(db, empty.runId))?.status, 'completed');
 
-    const recentFailure = newRun({ startedAt: now });
-    const oldFailure = newRun({ startedAt: '2024-01-01T00:00:00.000Z' });
-    const nothingSent = newRun({ startedAt: now });
-    for (const run of [recentFailure, oldFailure, nothingSent]) {
-      await recordRun(db, run, TWO_PARTITIONS, { emptyRawTable: false });
-      if (run !== nothingSent) await markPartitionsPublished(db, run.runId, ['partition-1']);
-      await markFailed(db, run.runId, 'queue down after the first batch');
-    }
-    assert.deepEqual(
-      (await unfinishedRuns(db)).map((r) => r.runId),
-      [recentFailure.runId],
-    );
+      // An acknowledgement that never arrived proves nothing: a failed recorded run counts however old
+      // and however many of its items were acknowledged; a scan that failed before recording does not.
+      const oldFailure = newRun({ startedAt: '2024-01-01T00:00:00.000Z' });
+      const nothingAcknowledged = newRun({ startedAt: now });
+      for (const run of [oldFailure, nothingAcknowledged]) {
+        await recordRun(db, run, TWO_PARTITIONS, { emptyRawTable: false });
+        if (run === oldFailure) await markPartitionsPublished(db, run.runId, ['partition-1']);
+        await markFailed(db, run.runId, 'queue down after the first batch');
+      }
+      const scanFailed = newRun({ startedAt: now });
+      await beginRun(db, { runId: scanFailed.runId, holder: 'h:1:r' });
+      await markFailed(db, scanFailed.runId, 'Nivoda count failed');
+      const abandoned = newRun({ startedAt: now });
+      await recordRun(db, abandoned, TWO_PARTITIONS, { emptyRawTable: false });
+      await abandonRun(db, abandoned.runId, 'operator');
+      assert.deepEqual(
+        (await unfinishedRuns(db)).map((r) => r.runId),
+        [oldFailure.runId, nothingAcknowledged.runId],
+      );
 
-    assert.equal(await lastPublishedFullRun(db), undefined);
-    const full = newRun({ runType: 'full', updatedFrom: null, watermarkBefore: null, startedAt: now, totalRecords: 437_849 });
-    await recordRun(db, full, TWO_PARTITIONS, { emptyRawTable: false });
-    await markPublished(db, full.runId);
-    assert.equal((await lastPublishedFullRun(db))?.totalRecords, 437_849);
-  });
+      assert.equal(await lastPublishedFullRun(db), undefined);
+      const full = newRun({ runType: 'full', updatedFrom: null, watermarkBefore: null, startedAt: now, totalRecords: 437_849 });
+      await recordRun(db, full, TWO_PARTITIONS, { emptyRawTable: false });
+      await markPublished(db, full.runId);
+      assert.equal((await lastPublishedFullRun(db))?.totalRecords, 437_849);
+    },
+  );
 
   // Every backend is held to the same literal values, so the two hand the rest of the code the
   // same JS values and types for the same rows.
@@ -479,8 +522,12 @@ forEachBackend('database port', [postgres, pglite], (suite) => {
       publishedAt: null,
       completedAt: null,
       error: null,
-    };
-    assert.deepEqual(stored, expectedRun);
+      baseQuery: {},
+      publishAttempts: 0,
+      holder: null,
+    } as Omit<RunRecord, 'recordedAt'> as RunRecord;
+    assert.match(stored?.recordedAt ?? '', /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+    assert.deepEqual({ ...stored, recordedAt: undefined }, { ...expectedRun, recordedAt: undefined });
     assert.deepEqual(
       await listPartitions(db, run.runId),
       TWO_PARTITIONS.map((p) => ({ ...p, publishedAt: null })),
