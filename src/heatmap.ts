@@ -16,7 +16,7 @@
 // which the contract's last partition could not fetch anyway.
 //
 // The inventory is live: counts taken moments apart can disagree by a few stones. The
-// partitioner clamps the points into a monotone sequence capped at T (see normalisePoints).
+// scan clamps the points into a monotone sequence capped at T once per step (density.ts's normalisePoints).
 //
 // Strategies (HEATMAP_STRATEGY):
 // - 'quantile' (default): T, a coarse geometric grid, then guesses for the price of each
@@ -32,22 +32,23 @@
 //   exact cumulative point, so unlike the old scan it never loses stones.
 import type { HeatmapStrategy } from './config.js';
 import { PRICE_AXIS_END, type PriceBounds } from './domain.js';
-import { normalisePoints, partitionCount, planPartitions, type PartitionRules } from './partitioner.js';
+import {
+  bracket,
+  cutCandidates,
+  minimax,
+  normalisePoints,
+  partitionCount,
+  type CumulativePoint,
+  type Density,
+  type NormalisedPoints,
+  type PartitionRules,
+} from './density.js';
 
 /** Counts the window's stones within inclusive whole-dollar bounds; the caller binds window and base filter. */
 export type CountFn = (bounds: PriceBounds) => Promise<number>;
 
-/** countBelow(price) = number of the window's stones priced strictly below `price` (whole dollars). */
-export interface CumulativePoint {
-  price: number;
-  below: number;
-}
-
-export interface DensityScan {
-  /** count({}): every stone in the window. */
-  total: number;
-  /** Exact cumulative points sorted by price, from {price: 0, below: 0} to {price: PRICE_AXIS_END, below: total}. */
-  points: CumulativePoint[];
+export interface DensityScan extends Density {
+  /** total: count({}), every stone in the window; points: every exact cumulative point probed, normalised. */
   countQueries: number;
   strategy: HeatmapStrategy;
 }
@@ -258,7 +259,7 @@ async function quantileScan(probe: Prober, total: number, options: ScanOptions):
  * s stones off by e moves each of the m partitions of its stretch by only e/m. Shifting a
  * neighbour can land it in another spike: pinning repeats until no target does.
  */
-function spreadTargets(points: readonly CumulativePoint[], total: number, n: number): number[] {
+function spreadTargets(points: NormalisedPoints, total: number, n: number): number[] {
   const pins = new Map<number, { lo: number; hi: number }>();
   let targets = Array.from({ length: n - 1 }, (_, i) => ((i + 1) * total) / n);
   for (let round = 0; round < n; round++) {
@@ -342,23 +343,14 @@ function geometricGrid(maxPrice: number, size: number, room: number): number[] {
   return Array.from({ length: count }, (_, i) => Math.round(Math.expm1(base + ((top - base) * i) / (count - 1))));
 }
 
-function balanced(points: CumulativePoint[], total: number, rules: PartitionRules, n: number, tolerance: number): boolean {
-  const plan = planPartitions({ total, points, countQueries: 0, strategy: 'quantile' }, rules);
-  if (plan.length !== n) return false;
-  const largest = Math.max(...plan.map((p) => p.expectedRecords));
-  return largest <= (1 + tolerance) * (total / n);
-}
-
-/** The adjacent known points with lo.below <= target <= hi.below. */
-function bracket(points: readonly CumulativePoint[], target: number): { lo: CumulativePoint; hi: CumulativePoint } {
-  let a = 0;
-  let b = points.length - 1;
-  while (b - a > 1) {
-    const mid = (a + b) >> 1;
-    if (points[mid]!.below <= target) a = mid;
-    else b = mid;
-  }
-  return { lo: points[a]!, hi: points[b]! };
+/** Would the partitioner's plan over these points have n partitions, the largest within the tolerance? */
+function balanced(points: NormalisedPoints, total: number, rules: PartitionRules, n: number, tolerance: number): boolean {
+  const best = minimax(
+    cutCandidates(points, total).map((p) => p.below),
+    total,
+    rules,
+  );
+  return best.partitions === n && best.maxLoad <= (1 + tolerance) * (total / n);
 }
 
 const logPrice = (price: number): number => Math.log1p(price);
