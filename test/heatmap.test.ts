@@ -211,6 +211,7 @@ describe('scanDensity + planPartitions: properties over generated inventories', 
           denseZoneStep: Math.max(1, Math.ceil(denseZoneThreshold / o.denseSteps)),
           partitions: rules,
           concurrency: o.concurrency,
+          maxQueries: Math.max(80, 2 * partitionCount(prices.length, rules) + 20),
         };
         const { scan, plan } = await planFor(prices, options);
         assert.equal(scan.total, prices.length);
@@ -246,7 +247,13 @@ describe('realistic inventory (≈438,000 stones)', () => {
   const realistic = generateInventory('realistic', { seed: 1 }).priceCents;
 
   it('full run: 30 partitions, ≤ 80 count queries, largest ≤ 1.05 × ideal, counts exact', async (t) => {
-    const { scan, plan } = await planFor(realistic, { strategy: 'quantile', ...seedDefaults, partitions: fullRules });
+    // The 5 % this test asks for, as the scan's own target (the default 2 % costs more queries: see the benchmark).
+    const { scan, plan } = await planFor(realistic, {
+      strategy: 'quantile',
+      ...seedDefaults,
+      partitions: fullRules,
+      balanceTolerance: 0.05,
+    });
     assertContract(realistic, plan, fullRules);
     assert.equal(plan.length, 30);
     assert.ok(scan.countQueries <= 80, `${scan.countQueries} count queries`);
