@@ -15,16 +15,14 @@
 // most $21,474,836.47), and dollar_per_carat could only with a stone over $2.1 billion per carat,
 // which the contract's last partition could not fetch anyway.
 //
-// The inventory is live: counts taken moments apart can disagree by a few stones. The
-// partitioner clamps the points into a monotone sequence capped at T (see normalisePoints).
+// The inventory is live: counts taken moments apart can disagree by a few stones. The scan
+// clamps the points into a monotone sequence capped at T once per step (density.ts's normalisePoints).
 //
 // Strategies (HEATMAP_STRATEGY):
-// - 'quantile' (default): T, a coarse geometric grid, then guesses for the price of each
-//   boundary's quantile k·T/N from a monotone interpolation of what is known, refined
-//   (interpolation with a bisection safeguard) only while a boundary is off by more than its
-//   share of the balance tolerance, all probes of a round issued concurrently. When every
-//   boundary still off is stuck on a one-dollar spike, the targets are re-spread so the spike's
-//   neighbours absorb its imbalance (see spreadTargets) and refinement resumes on the budget left.
+// - 'quantile' (default): see quantileScan. In short: T (with last night's boundaries when a
+//   warm start is given, in the same round), then waves of probes chosen by re-planning after
+//   every wave, until the exact optimiser over everything probed meets the balance target, the
+//   target is provably out of reach, or the query budget is spent.
 // - 'seed': the old system's scan pattern, the benchmark's reference: fixed denseZoneStep steps
 //   from $0 to denseZoneThreshold, adaptive steps above it up to maxPrice (×5 after an empty
 //   range, else scaled to aim at targetRecordsPerChunk, between 2·denseZoneStep and $50,000),
@@ -32,24 +30,86 @@
 //   exact cumulative point, so unlike the old scan it never loses stones.
 import type { HeatmapStrategy } from './config.js';
 import { PRICE_AXIS_END, type PriceBounds } from './domain.js';
-import { normalisePoints, partitionCount, planPartitions, type PartitionRules } from './partitioner.js';
+import {
+  bracket,
+  cutCandidates,
+  minimax,
+  normalisePoints,
+  partitionCount,
+  type CumulativePoint,
+  type Density,
+  type NormalisedPoints,
+  type PartitionRules,
+} from './density.js';
 
 /** Counts the window's stones within inclusive whole-dollar bounds; the caller binds window and base filter. */
 export type CountFn = (bounds: PriceBounds) => Promise<number>;
 
-/** countBelow(price) = number of the window's stones priced strictly below `price` (whole dollars). */
-export interface CumulativePoint {
-  price: number;
-  below: number;
+/**
+ * Last run's plan, to start from: the boundaries of the last recorded and published run of the
+ * same run type, price field and base filter (the caller checks that), and its window total.
+ */
+export interface WarmStart {
+  /** That run's window total (its count({})). */
+  total: number;
+  /** Its cut prices: the priceMin of every partition but the first, increasing whole dollars. */
+  cuts: readonly number[];
 }
 
-export interface DensityScan {
-  /** count({}): every stone in the window. */
-  total: number;
-  /** Exact cumulative points sorted by price, from {price: 0, below: 0} to {price: PRICE_AXIS_END, below: total}. */
-  points: CumulativePoint[];
+/** A WarmStart from a recorded plan: its total and its partitions (any order). */
+export function warmStartFrom(total: number, partitions: readonly { priceMin: number; priceMax: number }[]): WarmStart {
+  return {
+    total,
+    cuts: partitions
+      .map((p) => p.priceMin)
+      .filter((price) => price > 0)
+      .sort((a, b) => a - b),
+  };
+}
+
+/**
+ * Why the scan started warm or cold (log it):
+ * - 'history': warm, from the WarmStart's boundaries;
+ * - 'no-history': no WarmStart given (first run, or the caller found none that matches);
+ * - 'invalid-history': the WarmStart is malformed (see startDetail);
+ * - 'partition-count-changed': last run's partition count differs from tonight's;
+ * - 'total-moved': tonight's total is more than maxWarmTotalChange away from last run's;
+ * - 'shape-moved': some partition of last run's plan now holds far more or less than its share (maxWarmShapeChange);
+ * - 'seed-strategy': the seed strategy never starts warm.
+ */
+export type StartReason =
+  'history' | 'no-history' | 'invalid-history' | 'partition-count-changed' | 'total-moved' | 'shape-moved' | 'seed-strategy';
+
+/**
+ * Why the scan stopped:
+ * - 'balanced': the plan's largest partition is within (1 + balanceTolerance) × ideal (or nothing to cut);
+ * - 'unreachable': probed one-dollar spikes prove that target out of reach (floor says how far);
+ *   the scan stopped within the tolerance of that floor instead (largest ≤ floor + tolerance × ideal);
+ * - 'budget': maxQueries spent first (balance says what was reached);
+ * - 'pattern': the seed strategy's fixed pattern ended.
+ */
+export type StopReason = 'balanced' | 'unreachable' | 'budget' | 'pattern';
+
+export interface DensityScan extends Density {
+  /** total: count({}), every stone in the window; points: every exact cumulative point probed, normalised. */
   countQueries: number;
+  /** Dependent rounds of count queries (each round waits for the previous one's answers). */
+  rounds: number;
   strategy: HeatmapStrategy;
+  start: 'warm' | 'cold';
+  startReason: StartReason;
+  /** A sentence for the log when the start reason needs one (what was malformed, how far the inventory moved). */
+  startDetail?: string;
+  stopReason: StopReason;
+  /** Partitions of the plan planPartitions makes from this scan. */
+  partitions: number;
+  /** That plan's largest partition / (total / partitions); 0 when empty. */
+  balance: number;
+  /**
+   * A provable lower bound of `balance` for any scan of this window: the partitioner can only cut
+   * between whole dollars, so a one-dollar spike found by the scan can force a larger partition.
+   */
+  floor: number;
 }
 
 export interface ScanOptions {
@@ -61,11 +121,19 @@ export interface ScanOptions {
   partitions: PartitionRules;
   /** Count queries in flight at once (the client caps too). Default 4. */
   concurrency?: number;
-  /** Quantile: stop refining once the plan's largest partition is within (1 + this) × ideal. Default 0.02. */
+  /** Quantile: HEATMAP_BALANCE_TOLERANCE, stop once the plan's largest partition is within (1 + this) × ideal. Default 0.02. */
   balanceTolerance?: number;
-  /** Quantile: at most this many count queries in all. Default max(80, 2 × partitions + 20). */
+  /** Quantile: HEATMAP_MAX_COUNT_QUERIES, at most this many count queries in all. Default defaultMaxQueries(N). */
   maxQueries?: number;
-  /** Quantile: prices in the coarse geometric grid from $1 to maxPrice. Default 6. */
+  /** Quantile: last run's plan; absent = cold start. */
+  warmStart?: WarmStart;
+  /** Quantile: a warm start is refused when the total moved by more than this share. Default 0.25. */
+  maxWarmTotalChange?: number;
+  /** Quantile: … or when a partition of last run's plan now holds more than (1 ± this) × ideal. Default 0.5. */
+  maxWarmShapeChange?: number;
+  /** Quantile: probes per refinement round (re-planning between rounds). Default max(6, concurrency). */
+  waveSize?: number;
+  /** Quantile: prices in the coarse geometric grid from $1 to maxPrice of a cold start. Default 6. */
   gridPoints?: number;
   /** Seed: the first adaptive step above the dense zone. Default 5000. */
   seedInitialStep?: number;
@@ -73,51 +141,88 @@ export interface ScanOptions {
   seedTargetRecordsPerChunk?: number;
 }
 
+/** The quantile scan's query budget when maxQueries is not given: 20 + 6 per partition (200 for 30). */
+export function defaultMaxQueries(partitions: number): number {
+  return 20 + 6 * Math.max(1, partitions);
+}
+
 export async function scanDensity(count: CountFn, options: ScanOptions): Promise<DensityScan> {
   const probe = new Prober(count, options.concurrency ?? 4);
-  const total = await probe.total();
-  if (options.strategy === 'seed') await seedScan(probe, total, options);
-  else await quantileScan(probe, total, options);
+  let outcome: Outcome;
+  if (options.strategy === 'seed') {
+    await probe.wave([], true);
+    await seedScan(probe, probe.total, options);
+    outcome = { start: 'cold', startReason: 'seed-strategy', stopReason: 'pattern' };
+  } else {
+    outcome = await quantileScan(probe, options);
+  }
+  const total = probe.total;
+  const points = normalisePoints(probe.points(), total);
+  const best = minimax(
+    cutCandidates(points, total).map((p) => p.below),
+    total,
+    options.partitions,
+  );
+  const floor =
+    best.partitions === 0
+      ? undefined
+      : relaxedFloor(achievable(points), total, partitionCount(total, options.partitions), options.partitions);
   return {
     total,
-    points: normalisePoints(probe.points(), total),
+    points,
     countQueries: probe.queries,
+    rounds: probe.rounds,
     strategy: options.strategy,
+    ...outcome,
+    partitions: best.partitions,
+    balance: best.partitions === 0 ? 0 : best.maxLoad / (total / best.partitions),
+    floor: floor === undefined ? 0 : floor.maxLoad / (total / floor.partitions),
   };
 }
 
-/** Issues count queries with bounded concurrency and keeps every exact cumulative point learned. */
+type Outcome = Pick<DensityScan, 'start' | 'startReason' | 'startDetail' | 'stopReason'>;
+
+/** Issues count queries in rounds with bounded concurrency and keeps every exact answer. */
 class Prober {
   queries = 0;
-  private readonly known = new Map<number, number>();
-  private totalCount = 0;
+  rounds = 0;
+  /** count({from: price}) by price. */
+  private readonly atOrAbove = new Map<number, number>();
+  private totalCount: number | undefined;
 
   constructor(
     private readonly count: CountFn,
     private readonly concurrency: number,
   ) {}
 
-  async total(): Promise<number> {
-    this.totalCount = checked(await this.ask({}), 'count({})');
+  get total(): number {
+    if (this.totalCount === undefined) throw new Error('heatmap: the total is not known yet (bug)');
     return this.totalCount;
   }
 
   has(price: number): boolean {
-    return price <= 0 || price >= PRICE_AXIS_END || this.known.has(price);
+    return price <= 0 || price >= PRICE_AXIS_END || this.atOrAbove.has(price);
   }
 
-  /** countBelow at each price (concurrently, at most `concurrency` in flight); known prices cost nothing. */
-  async countBelow(prices: readonly number[]): Promise<void> {
-    const wanted = [...new Set(prices)].filter((p) => !this.has(p));
+  /**
+   * One round: count({}) when `withTotal`, and count({from: p}) for each price not asked yet,
+   * concurrently, at most `concurrency` in flight. below(p) needs the total, so a first round
+   * sends it along with the first prices and the points are read only after the round.
+   */
+  async wave(prices: readonly number[], withTotal = false): Promise<void> {
+    const wanted: Array<number | undefined> = withTotal ? [undefined] : [];
+    for (const p of new Set(prices)) if (!this.has(p)) wanted.push(p);
+    if (wanted.length === 0) return;
+    this.rounds++;
     let next = 0;
     // Once one query has failed the scan is lost: the other lanes stop asking the vendor.
     let failed = false;
-    const worker = async (): Promise<void> => {
+    const lane = async (): Promise<void> => {
       while (next < wanted.length && !failed) {
-        const price = wanted[next++]!;
+        const price = wanted[next++];
         try {
-          const atOrAbove = checked(await this.ask({ from: price }), `count({from: ${price}})`);
-          this.known.set(price, this.totalCount - atOrAbove);
+          if (price === undefined) this.totalCount = checked(await this.ask({}), 'count({})');
+          else this.atOrAbove.set(price, checked(await this.ask({ from: price }), `count({from: ${price}})`));
         } catch (err) {
           failed = true;
           throw err;
@@ -125,11 +230,13 @@ class Prober {
       }
     };
     const lanes = Math.max(1, Math.min(this.concurrency, wanted.length));
-    await Promise.all(Array.from({ length: lanes }, worker));
+    await Promise.all(Array.from({ length: lanes }, lane));
   }
 
+  /** Every probed price with below = T − count({from: price}) (not yet clamped: see normalisePoints). */
   points(): CumulativePoint[] {
-    return [...this.known.entries()].map(([price, below]) => ({ price, below }));
+    const total = this.total;
+    return [...this.atOrAbove.entries()].map(([price, atOrAbove]) => ({ price, below: total - atOrAbove }));
   }
 
   private ask(bounds: PriceBounds): Promise<number> {
@@ -162,7 +269,7 @@ async function seedScan(probe: Prober, total: number, options: ScanOptions): Pro
       batch.push({ from: cursor, to });
       cursor = to;
     }
-    await probe.countBelow(batch.map((r) => r.to));
+    await probe.wave(batch.map((r) => r.to));
     const known = new Map(probe.points().map((p) => [p.price, p.below]));
     for (const range of batch) {
       const end = Math.min(total, Math.max(below, known.get(range.to) ?? below));
@@ -180,157 +287,453 @@ async function seedScan(probe: Prober, total: number, options: ScanOptions): Pro
 }
 
 // ---------------------------------------------------------------- quantile strategy
+//
+// Every round re-plans from scratch over everything probed so far:
+//   1. the exact optimiser (density.ts's minimax) over the probed prices: if its plan has N
+//      partitions, the largest within L = (1 + tolerance) × T/N, stop ('balanced');
+//   2. a provable floor (relaxedFloor): the same question with every unprobed stretch taken as
+//      infinitely divisible and every probed one-dollar gap as indivisible. When even that
+//      cannot meet L (a point mass, a spike larger than a partition may hold, N too large for
+//      the minimum), the target becomes floor + tolerance × ideal ('unreachable' once met);
+//   3. a chain (planChain): for each boundary either a probed price or a "hole" — a window of
+//      counts [t − h, t + h] where any price will do. Holes come in runs between two anchors
+//      (probed prices near a quantile, both sides of a probed one-dollar spike, a warm start's
+//      old boundaries), evenly spaced, with h the slack the run leaves; the chain whose unfilled
+//      holes look cheapest to fill wins (holeCost). So a warm start keeps every boundary whose
+//      partitions still fit and moves only the stretch around one that does not; a cold start
+//      begins with one run of N − 1 holes at the quantiles; a spike is an anchor a chain may use
+//      or step over, never a hole (no probe inside a one-dollar gap).
+//   4. one probe per hole (the widest first, at most waveSize per round): a monotone curve in
+//      (log price, logit share) for a wide bracket, linear in price for a narrow one, and a
+//      bisection when the bracket did not halve since its last probe.
 
-async function quantileScan(probe: Prober, total: number, options: ScanOptions): Promise<void> {
-  const n = partitionCount(total, options.partitions);
-  if (n <= 1) return; // nothing to cut
+/** Brackets at most this wide (in price, relative to their low end) are interpolated linearly. */
+const NARROW = 0.15;
+/** A run's half-window h must leave at least this share of the tolerance's half-slack, else more boundaries move. */
+const MIN_HALF_SHARE = 0.35;
+/** Weight of the bracket-to-window ratio in a hole's cost (see holeCost). */
+const HOLE_EFFORT = 0.5;
+/** Probes within this share of the slack of a quantile may anchor runs (see anchorPrices). */
+const ANCHOR_SHARE = 0.5;
+/** Longest run of holes between two probed anchors that planChain considers (keeps it fast for large N). */
+const MAX_RUN = 64;
+
+async function quantileScan(probe: Prober, options: ScanOptions): Promise<Outcome> {
+  const rules = options.partitions;
   const tolerance = options.balanceTolerance ?? 0.02;
-  const budget = options.maxQueries ?? Math.max(80, 2 * n + 20);
-  // The client keeps about this many queries in flight anyway, so asking in waves of that size
-  // costs no wall time over one big round, and every wave's guesses use all earlier answers.
-  const wave = Math.max(1, options.concurrency ?? 4);
-  const ideal = total / n;
-  const limit = (1 + tolerance) * ideal;
+  if (!(tolerance >= 0)) throw new Error(`heatmap: balanceTolerance must be ≥ 0, got ${tolerance}`);
+  const warm = options.warmStart;
+  const history = warm === undefined ? undefined : checkWarmStart(warm, rules);
+  const start: Outcome = history?.usable
+    ? { start: 'warm', startReason: 'history', stopReason: 'balanced' }
+    : {
+        start: 'cold',
+        startReason: warm === undefined ? 'no-history' : (history?.reason ?? 'invalid-history'),
+        ...(history?.detail ? { startDetail: history.detail } : {}),
+        stopReason: 'balanced',
+      };
+  // Warm: the total and every old boundary in one round. Cold: the total alone, so an empty or
+  // tiny window costs one query; the grid follows once the total says there is something to cut.
+  await probe.wave(history?.usable ? warm!.cuts : [], true);
+  const total = probe.total;
+  const n = partitionCount(total, rules);
+  if (n <= 1) return start;
 
-  await probe.countBelow(geometricGrid(options.maxPrice, options.gridPoints ?? 6, budget - probe.queries));
+  if (start.start === 'warm') {
+    const moved = warmMoved(warm!, total, n, probe, options);
+    if (moved) Object.assign(start, { start: 'cold', ...moved });
+  }
+  const budget = options.maxQueries ?? defaultMaxQueries(n);
+  if (start.start === 'cold') {
+    const known = probe.points().length;
+    const grid = geometricGrid(options.maxPrice, options.gridPoints ?? 6, budget - probe.queries);
+    if (known < grid.length) await probe.wave(grid);
+  }
 
-  const lastWidth = new Map<number, number>(); // target index → bracket width (log price) when last probed
-  const quantiles = Array.from({ length: n - 1 }, (_, i) => ((i + 1) * total) / n);
-  let spread = false;
-  while (probe.queries < budget) {
+  const wave = Math.max(1, options.waveSize ?? Math.max(6, options.concurrency ?? 4));
+  const min = rules.minRecordsPerWorker;
+  const limit = (1 + tolerance) * (total / n);
+  /** Log-price bracket width when each price was probed: the bisection safeguard's memory. */
+  const widthWhenProbed = new Map<number, number>();
+  for (;;) {
     const points = normalisePoints(probe.points(), total);
-    if (balanced(points, total, options.partitions, n, tolerance)) return;
-    const targets = spread ? spreadTargets(points, total, n) : quantiles;
-    const curve = new MonotoneCurve(points, total);
-    const brackets = targets.map((target) => bracket(points, target));
-    // The plan that takes, for each quantile, the nearest known price: boundary k's error moves
-    // its two neighbours' sizes, so only an error that makes a neighbour too big needs fixing.
-    const reached = brackets.map(({ lo, hi }, k) => {
-      const target = targets[k]!;
-      return target - lo.below <= hi.below - target ? lo.below : hi.below;
-    });
-    const errors = reached.map((r, k) => r - targets[k]!);
-    const size = (k: number): number => (reached[k] ?? total) - (reached[k - 1] ?? 0);
-    const proposals: Array<{ k: number; price: number; error: number }> = [];
-    brackets.forEach(({ lo, hi }, k) => {
-      const error = errors[k]!;
-      const harmful = (error > 0 && size(k) > limit) || (error < 0 && size(k + 1) > limit);
-      if (!harmful || hi.price - lo.price <= 1) return; // fine, or a point mass no boundary can split
-      const width = logPrice(hi.price) - logPrice(lo.price);
-      const previous = lastWidth.get(k);
-      // Interpolation converging from one side shrinks its bracket slowly: bisect (in log price) then.
-      const stalled = previous !== undefined && width > 0.5 * previous;
-      const guess = stalled ? NaN : curve.priceAt(targets[k]!, lo);
-      const price = Number.isFinite(guess) ? guess : midpoint(lo.price, hi.price);
-      proposals.push({ k, price: clamp(Math.round(price), lo.price + 1, hi.price - 1), error: Math.abs(error) });
-    });
-    // The boundaries furthest off their quantile first.
-    proposals.sort((a, b) => b.error - a.error);
+    const known = cutCandidates(points, total);
+    const best = minimax(
+      known.map((p) => p.below),
+      total,
+      rules,
+    );
+    if (best.partitions === n && best.maxLoad <= limit) return { ...start, stopReason: 'balanced' };
+    const floor = relaxedFloor(achievable(points), total, n, rules, limit);
+    const unreachable = floor.partitions < n || floor.maxLoad > limit;
+    const parts = floor.partitions;
+    const maxLoad = unreachable ? Math.max((1 + tolerance) * (total / parts), floor.maxLoad + tolerance * (total / parts)) : limit;
+    if (unreachable && best.partitions === parts && best.maxLoad <= maxLoad) return { ...start, stopReason: 'unreachable' };
     const room = Math.min(wave, budget - probe.queries);
+    if (room <= 0) return { ...start, stopReason: 'budget' };
+
+    const holes = planChain(
+      points,
+      known,
+      total,
+      parts,
+      maxLoad,
+      min,
+      MIN_HALF_SHARE * ((maxLoad - total / parts) / 2),
+      anchorPrices(points, start.start === 'warm' ? warm!.cuts : [], parts, ANCHOR_SHARE * (maxLoad - total / parts)),
+    );
+    const curve = new MonotoneCurve(points, total);
     const chosen: number[] = [];
-    for (const proposal of proposals) {
+    for (const hole of holes) {
       if (chosen.length >= room) break;
-      if (probe.has(proposal.price) || chosen.includes(proposal.price)) continue;
-      chosen.push(proposal.price);
-      lastWidth.set(proposal.k, logPrice(brackets[proposal.k]!.hi.price) - logPrice(brackets[proposal.k]!.lo.price));
+      const price = guess(hole, curve, widthWhenProbed);
+      if (price === undefined || probe.has(price) || chosen.includes(price)) continue;
+      chosen.push(price);
+      widthWhenProbed.set(price, logPrice(hole.hi.price) - logPrice(hole.lo.price));
     }
-    if (chosen.length === 0) {
-      // Only spikes are left: re-aim the neighbours instead of giving up. Not from the start:
-      // every pin moves its whole stretch's targets, and pins found one by one while the
-      // quantiles are still being located make boundaries chase moving targets (measured: the
-      // budget runs out first).
-      if (spread) return;
-      spread = true;
-      lastWidth.clear();
-      continue;
-    }
-    await probe.countBelow(chosen);
+    // Nothing left to probe means every remaining way to the target runs through a one-dollar
+    // gap: as far as whole-dollar cuts go, this is the best there is.
+    if (chosen.length === 0) return { ...start, stopReason: unreachable ? 'unreachable' : 'budget' };
+    await probe.wave(chosen);
   }
 }
 
-/**
- * Where each boundary should land, in stones below it. Ideally at its quantile k·T/N, but a
- * boundary whose quantile falls inside a known one-dollar spike (no whole-dollar price between
- * the two known points around it) can only sit at one side of the spike, off its quantile by up
- * to the spike's size. Probing closer cannot help there; what helps is letting the neighbours
- * absorb the imbalance: such a boundary is pinned at one side, and the boundaries between two
- * consecutive pins (or a pin and an end of the axis) aim at evenly spaced counts, so a spike of
- * s stones off by e moves each of the m partitions of its stretch by only e/m. Shifting a
- * neighbour can land it in another spike: pinning repeats until no target does.
- */
-function spreadTargets(points: readonly CumulativePoint[], total: number, n: number): number[] {
-  const pins = new Map<number, { lo: number; hi: number }>();
-  let targets = Array.from({ length: n - 1 }, (_, i) => ((i + 1) * total) / n);
-  for (let round = 0; round < n; round++) {
-    let added = false;
-    targets.forEach((target, k) => {
-      if (pins.has(k)) return;
-      const { lo, hi } = bracket(points, target);
-      if (hi.price - lo.price <= 1 && lo.below < target && target < hi.below) {
-        pins.set(k, { lo: lo.below, hi: hi.below });
-        added = true;
-      }
-    });
-    if (!added) break;
-    targets = evenBetweenPins(pins, total, n);
-  }
-  return targets;
+interface HistoryCheck {
+  usable: boolean;
+  reason?: StartReason;
+  detail?: string;
 }
 
-/**
- * Chooses a side for every pinned boundary (the lowest largest spacing between consecutive
- * anchors, a small DP over the pins in order; ties to the sides nearer the quantiles), then
- * spaces the free boundaries evenly between anchors.
- */
-function evenBetweenPins(pins: ReadonlyMap<number, { lo: number; hi: number }>, total: number, n: number): number[] {
-  const order = [...pins.keys()].sort((a, b) => a - b);
-  type State = { worst: number; drift: number; from: number };
-  const options = order.map((k) => [pins.get(k)!.lo, pins.get(k)!.hi]);
-  const spacing = (k0: number, c0: number, k1: number, c1: number): number => (c1 < c0 ? Infinity : (c1 - c0) / (k1 - k0));
-  const better = (a: State, b: State): boolean => a.worst < b.worst || (a.worst === b.worst && a.drift < b.drift);
-  const table: State[][] = [];
-  order.forEach((k, i) => {
-    const row = options[i]!.map((c): State => {
-      const drift = Math.abs(c - ((k + 1) * total) / n);
-      if (i === 0) return { worst: spacing(-1, 0, k, c), drift, from: -1 };
-      let best: State = { worst: Infinity, drift: Infinity, from: 0 };
-      options[i - 1]!.forEach((p, side) => {
-        const prev = table[i - 1]![side]!;
-        const candidate = { worst: Math.max(prev.worst, spacing(order[i - 1]!, p, k, c)), drift: prev.drift + drift, from: side };
-        if (better(candidate, best)) best = candidate;
-      });
-      return best;
-    });
-    table.push(row);
-  });
-  // Anchors by boundary index k (−1 is the axis start, n − 1 its end), walking the DP back.
-  const anchors = new Map<number, number>([
-    [-1, 0],
-    [n - 1, total],
-  ]);
-  if (order.length > 0) {
-    const last = order.length - 1;
-    const close = (side: number): State => {
-      const s = table[last]![side]!;
-      return { ...s, worst: Math.max(s.worst, spacing(order[last]!, options[last]![side]!, n - 1, total)) };
+/** What can be said of a WarmStart before the first round. */
+function checkWarmStart(warm: WarmStart, rules: PartitionRules): HistoryCheck {
+  if (!Number.isInteger(warm.total) || warm.total < 0)
+    return { usable: false, reason: 'invalid-history', detail: `warm start total ${String(warm.total)} is not a count` };
+  for (let i = 0; i < warm.cuts.length; i++) {
+    const cut = warm.cuts[i]!;
+    if (!Number.isInteger(cut) || cut <= 0 || cut >= PRICE_AXIS_END || (i > 0 && cut <= warm.cuts[i - 1]!))
+      return {
+        usable: false,
+        reason: 'invalid-history',
+        detail: `warm start cut ${String(cut)} (index ${i}) is not an increasing whole-dollar price`,
+      };
+  }
+  const before = warm.cuts.length + 1;
+  const expected = partitionCount(warm.total, rules);
+  if (before < 2)
+    return { usable: false, reason: 'partition-count-changed', detail: `last run had ${before} partition, nothing to start from` };
+  if (before !== expected)
+    return {
+      usable: false,
+      reason: 'partition-count-changed',
+      detail: `last run had ${before} partitions, its total asks for ${expected} under today's rules`,
     };
-    let side = better(close(1), close(0)) ? 1 : 0;
-    for (let i = last; i >= 0; i--) {
-      anchors.set(order[i]!, options[i]![side]!);
-      side = table[i]![side]!.from;
-    }
-  }
-  const keys = [...anchors.keys()].sort((a, b) => a - b);
-  const targets: number[] = [];
-  for (let j = 0; j + 1 < keys.length; j++) {
-    const k0 = keys[j]!;
-    const k1 = keys[j + 1]!;
-    const c0 = anchors.get(k0)!;
-    const c1 = anchors.get(k1)!;
-    for (let k = k0 + 1; k <= k1 && k < n - 1; k++) targets[k] = c0 + ((k - k0) * (c1 - c0)) / (k1 - k0);
-  }
-  return targets;
+  return { usable: true };
 }
+
+/** After the first round: does tonight's window still look like last run's? Undefined when it does. */
+function warmMoved(
+  warm: WarmStart,
+  total: number,
+  n: number,
+  probe: Prober,
+  options: ScanOptions,
+): Omit<Outcome, 'start' | 'stopReason'> | undefined {
+  const before = warm.cuts.length + 1;
+  if (before !== n)
+    return {
+      startReason: 'partition-count-changed',
+      startDetail: `last run had ${before} partitions, tonight's total ${total} asks for ${n}`,
+    };
+  const change = warm.total === 0 ? Infinity : Math.abs(total - warm.total) / warm.total;
+  const maxChange = options.maxWarmTotalChange ?? 0.25;
+  if (change > maxChange)
+    return {
+      startReason: 'total-moved',
+      startDetail: `total ${warm.total} → ${total} (${(change * 100).toFixed(1)} %, more than ${maxChange * 100} %)`,
+    };
+  const points = normalisePoints(probe.points(), total);
+  const ideal = total / n;
+  let worst = 0;
+  for (let i = 1; i < points.length; i++) worst = Math.max(worst, Math.abs((points[i]!.below - points[i - 1]!.below) / ideal - 1));
+  const maxShape = options.maxWarmShapeChange ?? 0.5;
+  if (worst > maxShape)
+    return {
+      startReason: 'shape-moved',
+      startDetail: `a partition of last run's plan now holds ${((1 + worst) * 100).toFixed(0)} % or less of its share (limit ±${maxShape * 100} %)`,
+    };
+  return undefined;
+}
+
+/**
+ * The probed prices a chain may anchor a run of holes at: both sides of every probed one-dollar
+ * gap holding stones (a spike no cut can split), and a warm start's old boundaries. Not any
+ * probe: a run re-spaced around a point that merely missed its window would move every target
+ * of the run each round, and the scan would chase them (measured: twice the queries).
+ */
+function anchorPrices(points: NormalisedPoints, cuts: readonly number[], n: number, near: number): Set<number> {
+  const anchors = new Set(cuts);
+  const total = points[points.length - 1]!.below;
+  for (const p of points) {
+    const k = Math.round((p.below * n) / total);
+    if (k > 0 && k < n && Math.abs(p.below - (k * total) / n) <= near) anchors.add(p.price);
+  }
+  for (let i = 1; i < points.length; i++) {
+    const a = points[i - 1]!;
+    const b = points[i]!;
+    if (b.price - a.price === 1 && b.below > a.below) anchors.add(a.price).add(b.price);
+  }
+  return anchors;
+}
+
+/** A window of counts where any boundary will do, and the probed points around it. */
+interface Hole {
+  target: number;
+  half: number;
+  lo: CumulativePoint;
+  hi: CumulativePoint;
+}
+
+interface ChainState {
+  /** Holes no probed point fills so far. */
+  cost: number;
+  /** The narrowest half-window so far (robustness, the tie-break). */
+  half: number;
+  prevK: number;
+  prevJ: number;
+}
+
+/**
+ * The chain of boundaries with the fewest unfilled holes (then the widest narrowest window): a DP
+ * over (boundary k, probed point j) where point j may serve boundary k only inside the envelope
+ * every feasible plan keeps it in. Holes needing a probe come back widest-gap first.
+ */
+function planChain(
+  points: NormalisedPoints,
+  known: readonly CumulativePoint[],
+  total: number,
+  n: number,
+  maxLoad: number,
+  min: number,
+  minHalf: number,
+  anchors: ReadonlySet<number>,
+): Hole[] {
+  const counts = known.map((p) => p.below);
+  const last = known.length - 1;
+  const layers: Array<Map<number, ChainState>> = [new Map([[0, { cost: 0, half: Infinity, prevK: -1, prevJ: -1 }]])];
+  for (let k = 1; k <= n; k++) {
+    const layer = new Map<number, ChainState>();
+    const candidates: number[] = [];
+    if (k === n) candidates.push(last);
+    else {
+      const low = Math.max(total - (n - k) * maxLoad, k * min);
+      const high = Math.min(k * maxLoad, total - (n - k) * min);
+      for (let j = firstAtLeast(counts, low); j < last && counts[j]! <= high; j++)
+        if (j > 0 && anchors.has(known[j]!.price)) candidates.push(j);
+    }
+    for (const j of candidates) {
+      let best: ChainState | undefined;
+      for (let k0 = k - 1; k0 >= Math.max(0, k - 1 - MAX_RUN); k0--) {
+        for (const [j0, state] of layers[k0]!) {
+          if (j0 >= j || (best !== undefined && state.cost > best.cost)) continue;
+          const run = runCost(points, counts, counts[j0]!, counts[j]!, k - k0 - 1, maxLoad, min, minHalf);
+          if (run === undefined) continue;
+          const candidate = { cost: state.cost + run.cost, half: Math.min(state.half, run.half), prevK: k0, prevJ: j0 };
+          if (best === undefined || candidate.cost < best.cost || (candidate.cost === best.cost && candidate.half > best.half))
+            best = candidate;
+        }
+      }
+      if (best !== undefined) layer.set(j, best);
+    }
+    layers.push(layer);
+  }
+  const end = layers[n]!.get(last);
+  if (end === undefined) {
+    // No chain keeps every run's windows wide enough: aim at the quantiles with what slack there is.
+    if (minHalf > 0) return planChain(points, known, total, n, maxLoad, min, 0, anchors);
+    return runHoles(points, counts, 0, total, n - 1, Math.max(0, (maxLoad - total / n) / 2)).filter((h) => h.hi.price - h.lo.price > 1);
+  }
+  const holes: Hole[] = [];
+  for (let k = n, j = last; k > 0;) {
+    const s = layers[k]!.get(j)!;
+    const h = k - s.prevK - 1;
+    if (h > 0) {
+      const u = counts[s.prevJ]!;
+      const v = counts[j]!;
+      const spacing = (v - u) / (h + 1);
+      holes.push(...runHoles(points, counts, u, v, h, runHalf(spacing, h, maxLoad, min)));
+    }
+    k = s.prevK;
+    j = s.prevJ;
+  }
+  return holes.sort((a, b) => b.hi.below - b.lo.below - (a.hi.below - a.lo.below));
+}
+
+/**
+ * Half-window of the holes of a run spaced `spacing` apart: a lone hole between two anchors may
+ * move by all of the slack either way; in a longer run two holes share each inner partition's.
+ */
+function runHalf(spacing: number, h: number, maxLoad: number, min: number): number {
+  return h === 1 ? Math.min(maxLoad - spacing, spacing - min) : Math.min((maxLoad - spacing) / 2, (spacing - min) / 2);
+}
+
+/** The unfilled holes of a run of h between counts u and v, each with its bracket. */
+function runHoles(points: NormalisedPoints, counts: readonly number[], u: number, v: number, h: number, half: number): Hole[] {
+  const holes: Hole[] = [];
+  const spacing = (v - u) / (h + 1);
+  for (let i = 1; i <= h; i++) {
+    const target = u + i * spacing;
+    if (filled(counts, target, half)) continue;
+    const { lo, hi } = bracket(points, target);
+    holes.push({ target, half, lo, hi });
+  }
+  return holes;
+}
+
+/** A run of h holes between anchors u < v: its unfilled holes and half-window, or undefined when it cannot work. */
+function runCost(
+  points: NormalisedPoints,
+  counts: readonly number[],
+  u: number,
+  v: number,
+  h: number,
+  maxLoad: number,
+  min: number,
+  minHalf: number,
+): { cost: number; half: number } | undefined {
+  const gap = v - u;
+  if (h === 0) return gap <= maxLoad && gap >= min ? { cost: 0, half: Infinity } : undefined;
+  const spacing = gap / (h + 1);
+  const half = runHalf(spacing, h, maxLoad, min);
+  if (half < minHalf || half < 0) return undefined;
+  let cost = 0;
+  for (let i = 1; i <= h; i++) {
+    const target = u + i * spacing;
+    if (filled(counts, target, half)) continue;
+    const { lo, hi } = bracket(points, target);
+    if (hi.price - lo.price <= 1) return undefined; // inside a one-dollar gap: no price can be there
+    cost += holeCost(hi.below - lo.below, half);
+  }
+  return { cost, half };
+}
+
+/**
+ * About how many probes a hole will take: one, plus more the wider its bracket is against its
+ * window. So chains prefer wide windows, and stay with a target whose bracket is already narrow.
+ */
+function holeCost(bracketCount: number, half: number): number {
+  return 1 + HOLE_EFFORT * Math.log2(1 + bracketCount / Math.max(1, 2 * half));
+}
+
+/** Is some probed count within [target − half, target + half]? */
+function filled(counts: readonly number[], target: number, half: number): boolean {
+  const j = firstAtLeast(counts, target - half);
+  return j < counts.length && counts[j]! <= target + half;
+}
+
+function firstAtLeast(values: readonly number[], limit: number): number {
+  let lo = 0;
+  let hi = values.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (values[mid]! < limit) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/** The price to probe for a hole: strictly inside its bracket. */
+function guess(hole: Hole, curve: MonotoneCurve, widthWhenProbed: ReadonlyMap<number, number>): number | undefined {
+  const { lo, hi, target } = hole;
+  if (hi.price - lo.price <= 1) return undefined;
+  const width = logPrice(hi.price) - logPrice(lo.price);
+  // Interpolation converging from one side shrinks its bracket slowly: bisect then.
+  const stalled = [lo.price, hi.price].some((p) => {
+    const before = widthWhenProbed.get(p);
+    return before !== undefined && width > 0.5 * before;
+  });
+  const narrow = hi.price - lo.price <= Math.max(8, NARROW * lo.price);
+  let price: number;
+  if (stalled) price = narrow ? (lo.price + hi.price) / 2 : midpoint(lo.price, hi.price);
+  else if (narrow) price = lo.price + ((target - lo.below) / (hi.below - lo.below)) * (hi.price - lo.price);
+  else {
+    const interpolated = curve.priceAt(target, lo);
+    price = Number.isFinite(interpolated) ? interpolated : midpoint(lo.price, hi.price);
+  }
+  return clamp(Math.round(price), lo.price + 1, hi.price - 1);
+}
+
+// ---------------------------------------------------------------- the provable floor
+
+type Interval = [number, number];
+
+/**
+ * Counts a boundary could have, as far as the probes tell: anything between two probed points
+ * more than a dollar apart (an optimistic relaxation, so what it cannot do is impossible), only the
+ * two ends of a one-dollar gap.
+ */
+function achievable(points: NormalisedPoints): Interval[] {
+  const out: Interval[] = [];
+  const push = (a: number, b: number): void => {
+    const top = out[out.length - 1];
+    if (top !== undefined && a <= top[1]) top[1] = Math.max(top[1], b);
+    else out.push([a, b]);
+  };
+  push(points[0]!.below, points[0]!.below);
+  for (let i = 0; i + 1 < points.length; i++) {
+    const p = points[i]!;
+    const q = points[i + 1]!;
+    if (q.price - p.price > 1) push(p.below, q.below);
+    else push(q.below, q.below);
+  }
+  return out;
+}
+
+/** Relaxed: can n partitions with loads in [min, maxLoad] end at `total`, boundaries only at achievable counts? */
+function relaxedFeasible(reach: readonly Interval[], total: number, n: number, min: number, maxLoad: number): boolean {
+  let at: Interval[] = [[0, 0]];
+  for (let k = 1; k <= n && at.length > 0; k++) {
+    const shifted: Interval[] = [];
+    for (const [a, b] of at) {
+      const top = shifted[shifted.length - 1];
+      if (top !== undefined && a + min <= top[1]) top[1] = Math.max(top[1], b + maxLoad);
+      else shifted.push([a + min, b + maxLoad]);
+    }
+    const next: Interval[] = [];
+    for (let i = 0, j = 0; i < shifted.length && j < reach.length;) {
+      const lo = Math.max(shifted[i]![0], reach[j]![0]);
+      const hi = Math.min(shifted[i]![1], reach[j]![1]);
+      if (lo <= hi) next.push([lo, hi]);
+      if (shifted[i]![1] < reach[j]![1]) i++;
+      else j++;
+    }
+    at = next;
+  }
+  return at.some(([a, b]) => a <= total && total <= b);
+}
+
+/**
+ * The relaxed counterpart of minimax: the largest n ≤ wanted that the relaxation allows, and its
+ * least largest partition — a lower bound for every plan any further probing can reach. With
+ * `enough`, stops as soon as that load is known to be ≤ enough (returns it as the load).
+ */
+function relaxedFloor(reach: readonly Interval[], total: number, wanted: number, rules: PartitionRules, enough?: number): Minimax {
+  const min = rules.minRecordsPerWorker;
+  for (let n = wanted; n > 1; n--) {
+    if (!relaxedFeasible(reach, total, n, min, total)) continue;
+    if (enough !== undefined && relaxedFeasible(reach, total, n, min, enough)) return { partitions: n, maxLoad: enough };
+    let lo = Math.max(min, Math.ceil(total / n));
+    let hi = total;
+    while (lo < hi) {
+      const mid = Math.floor((lo + hi) / 2);
+      if (relaxedFeasible(reach, total, n, min, mid)) hi = mid;
+      else lo = mid + 1;
+    }
+    return { partitions: n, maxLoad: hi };
+  }
+  return { partitions: Math.min(1, wanted), maxLoad: total };
+}
+
+type Minimax = ReturnType<typeof minimax>;
 
 /** $1 … maxPrice, evenly spaced in log price: where the inventory lives is unknown (price field, filters). */
 function geometricGrid(maxPrice: number, size: number, room: number): number[] {
@@ -340,25 +743,6 @@ function geometricGrid(maxPrice: number, size: number, room: number): number[] {
   const top = logPrice(maxPrice);
   const base = logPrice(1);
   return Array.from({ length: count }, (_, i) => Math.round(Math.expm1(base + ((top - base) * i) / (count - 1))));
-}
-
-function balanced(points: CumulativePoint[], total: number, rules: PartitionRules, n: number, tolerance: number): boolean {
-  const plan = planPartitions({ total, points, countQueries: 0, strategy: 'quantile' }, rules);
-  if (plan.length !== n) return false;
-  const largest = Math.max(...plan.map((p) => p.expectedRecords));
-  return largest <= (1 + tolerance) * (total / n);
-}
-
-/** The adjacent known points with lo.below <= target <= hi.below. */
-function bracket(points: readonly CumulativePoint[], target: number): { lo: CumulativePoint; hi: CumulativePoint } {
-  let a = 0;
-  let b = points.length - 1;
-  while (b - a > 1) {
-    const mid = (a + b) >> 1;
-    if (points[mid]!.below <= target) a = mid;
-    else b = mid;
-  }
-  return { lo: points[a]!, hi: points[b]! };
 }
 
 const logPrice = (price: number): number => Math.log1p(price);

@@ -2,9 +2,9 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { PRICE_AXIS_END, type PriceBounds } from '../src/domain.js';
-import { scanDensity, type CountFn, type ScanOptions } from '../src/heatmap.js';
+import { defaultMaxQueries, scanDensity, warmStartFrom, type CountFn, type ScanOptions, type WarmStart } from '../src/heatmap.js';
 import { partitionCount, planPartitions, type PartitionRules } from '../src/partitioner.js';
-import { generateInventory } from '../tools/simulator/inventory.js';
+import { generateInventory, INVENTORY_SHAPES } from '../tools/simulator/inventory.js';
 import { assertTiles, inventoryCounter, seededRandom, workerRule } from './helpers/inventory-counter.js';
 
 const fullRules: PartitionRules = { maxWorkers: 30, recordsPerWorker: 5000, minRecordsPerWorker: 1000 };
@@ -105,12 +105,12 @@ describe('scanDensity: counts map onto the worker rule', () => {
       /HTTP 503/,
     );
     await assert.rejects(
-      scanDensity(async () => -1, options),
+      scanDensity(() => Promise.resolve(-1), options),
       /not a count/,
     );
     let calls = 0;
     await assert.rejects(
-      scanDensity(async () => (calls++ === 0 ? 100_000 : Number.NaN), options),
+      scanDensity(() => Promise.resolve(calls++ === 0 ? 100_000 : Number.NaN), options),
       /not a count/,
     );
   });
@@ -148,7 +148,7 @@ describe('scanDensity: seed strategy', () => {
     const above = probed.filter((p) => p > 20_000);
     assert.equal(above.at(-1), 250_000);
     const steps = above.map((p, i) => p - (above[i - 1] ?? 20_000));
-    assert.ok(new Set(steps.slice(0, -1)).size > 1, `adaptive steps: ${steps}`);
+    assert.ok(new Set(steps.slice(0, -1)).size > 1, `adaptive steps: ${steps.join(', ')}`);
     assert.equal(scan.strategy, 'seed');
     assertContract(prices, plan, fullRules);
   });
@@ -211,6 +211,7 @@ describe('scanDensity + planPartitions: properties over generated inventories', 
           denseZoneStep: Math.max(1, Math.ceil(denseZoneThreshold / o.denseSteps)),
           partitions: rules,
           concurrency: o.concurrency,
+          maxQueries: Math.max(80, 2 * partitionCount(prices.length, rules) + 20),
         };
         const { scan, plan } = await planFor(prices, options);
         assert.equal(scan.total, prices.length);
@@ -246,7 +247,13 @@ describe('realistic inventory (≈438,000 stones)', () => {
   const realistic = generateInventory('realistic', { seed: 1 }).priceCents;
 
   it('full run: 30 partitions, ≤ 80 count queries, largest ≤ 1.05 × ideal, counts exact', async (t) => {
-    const { scan, plan } = await planFor(realistic, { strategy: 'quantile', ...seedDefaults, partitions: fullRules });
+    // The 5 % this test asks for, as the scan's own target (the default 2 % costs more queries: see the benchmark).
+    const { scan, plan } = await planFor(realistic, {
+      strategy: 'quantile',
+      ...seedDefaults,
+      partitions: fullRules,
+      balanceTolerance: 0.05,
+    });
     assertContract(realistic, plan, fullRules);
     assert.equal(plan.length, 30);
     assert.ok(scan.countQueries <= 80, `${scan.countQueries} count queries`);
@@ -272,5 +279,137 @@ describe('realistic inventory (≈438,000 stones)', () => {
     assertContract(realistic, plan, fullRules);
     const ratio = Math.max(...plan.map((p) => p.expectedRecords)) / (realistic.length / plan.length);
     t.diagnostic(`seed: ${scan.countQueries} count queries, max/ideal ${ratio.toFixed(4)}`);
+  });
+});
+
+describe('scanDensity: warm start, balance target, budget', () => {
+  const quantile = (partitions: PartitionRules, extra: Partial<ScanOptions> = {}): ScanOptions => ({
+    strategy: 'quantile',
+    ...seedDefaults,
+    partitions,
+    concurrency: 8,
+    ...extra,
+  });
+  const base = generateInventory('realistic', { seed: 21, size: 150_000 }).priceCents;
+  /** A night: 3 % repriced by up to ±10 %, 1 % removed, 1 % added (resampled); optionally a 1,500-stone spike. */
+  const drifted = (prices: ArrayLike<number>, seed: number, spike?: number): number[] => {
+    const random = seededRandom(seed);
+    const out: number[] = [];
+    for (let i = 0; i < prices.length; i++) {
+      const r = random();
+      if (r < 0.01) continue;
+      out.push(r < 0.04 ? Math.round(prices[i]! * (1 + (random() * 2 - 1) * 0.1)) : prices[i]!);
+      if (r > 0.99) out.push(prices[Math.floor(random() * prices.length)]!);
+    }
+    if (spike !== undefined) for (let i = 0; i < 1500; i++) out.push(spike * 100);
+    return out;
+  };
+
+  it('a warm start on a drifted inventory is exact, probes the total with the old boundaries, and costs less than cold', async () => {
+    const cold = await planFor(base, quantile(fullRules));
+    assert.equal(cold.scan.start, 'cold');
+    assert.equal(cold.scan.startReason, 'no-history');
+    const history = warmStartFrom(cold.scan.total, cold.plan);
+    assert.equal(history.cuts.length, cold.plan.length - 1);
+    for (const [i, spike] of [undefined, 700].entries()) {
+      const tonight = drifted(base, 5 + i, spike);
+      const warm = await planFor(tonight, quantile(fullRules, { warmStart: history }));
+      assertContract(tonight, warm.plan, fullRules);
+      assert.equal(warm.scan.start, 'warm');
+      assert.equal(warm.scan.startReason, 'history');
+      // The first round: the total and every old boundary, nothing else.
+      assert.deepEqual(warm.asked[0], {});
+      assert.deepEqual(
+        warm.asked.slice(1, history.cuts.length + 1).map((b) => b.from),
+        history.cuts,
+      );
+      assert.ok(warm.scan.countQueries < cold.scan.countQueries, `warm ${warm.scan.countQueries} vs cold ${cold.scan.countQueries}`);
+      assert.equal(warm.scan.stopReason, 'balanced');
+      assert.ok(warm.scan.balance <= 1.02, `max/ideal ${warm.scan.balance}`);
+      assert.equal(warm.scan.partitions, warm.plan.length);
+    }
+  });
+
+  it('falls back to cold, and says why, when the history does not fit', async () => {
+    const cold = await planFor(base, quantile(fullRules));
+    const history = warmStartFrom(cold.scan.total, cold.plan);
+    const cases: Array<{ prices: ArrayLike<number>; rules: PartitionRules; warm: WarmStart; reason: string }> = [
+      // Tonight's total asks for another partition count.
+      { prices: base.slice(0, 60_000), rules: fullRules, warm: history, reason: 'partition-count-changed' },
+      // Today's rules make last night's total ask for another count.
+      { prices: base, rules: { ...fullRules, maxWorkers: 20 }, warm: history, reason: 'partition-count-changed' },
+      // Same count (30 is the cap), but the inventory doubled.
+      { prices: [...base, ...base.map((p) => p + 1)], rules: fullRules, warm: history, reason: 'total-moved' },
+      // Same total, every stone ten times dearer: last night's partitions are nothing like tonight's.
+      { prices: Array.from(base, (p) => p * 10), rules: fullRules, warm: history, reason: 'shape-moved' },
+      { prices: base, rules: fullRules, warm: { total: history.total, cuts: [500, 400] }, reason: 'invalid-history' },
+      { prices: base, rules: fullRules, warm: { total: -1, cuts: history.cuts }, reason: 'invalid-history' },
+    ];
+    for (const c of cases) {
+      const { scan, plan } = await planFor(c.prices, quantile(c.rules, { warmStart: c.warm }));
+      assert.equal(scan.start, 'cold', c.reason);
+      assert.equal(scan.startReason, c.reason);
+      assert.ok(c.reason === 'invalid-history' || (scan.startDetail ?? '').length > 0);
+      assertContract(c.prices, plan, c.rules);
+      assert.ok(scan.balance <= 1.02 || scan.stopReason !== 'balanced', `${c.reason}: ${scan.balance} ${scan.stopReason}`);
+    }
+  });
+
+  it('holds the tolerance it is given, and reports the balance reached', async () => {
+    for (const balanceTolerance of [0.01, 0.02, 0.05]) {
+      const { scan, plan } = await planFor(base, quantile(fullRules, { balanceTolerance }));
+      assertContract(base, plan, fullRules);
+      const ratio = Math.max(...plan.map((p) => p.expectedRecords)) / (base.length / plan.length);
+      assert.ok(Math.abs(ratio - scan.balance) < 1e-12);
+      assert.ok(scan.floor <= scan.balance + 1e-12);
+      if (scan.stopReason === 'balanced') assert.ok(ratio <= 1 + balanceTolerance, `${balanceTolerance}: ${ratio}`);
+      else
+        assert.ok(scan.stopReason === 'budget' || ratio <= scan.floor + balanceTolerance + 1e-9, `${balanceTolerance}: ${scan.stopReason}`);
+    }
+  });
+
+  it('respects the query budget and says so', async () => {
+    for (const maxQueries of [1, 8, 20, 40]) {
+      const { scan, plan } = await planFor(base, quantile(fullRules, { maxQueries, balanceTolerance: 0.001 }));
+      assert.ok(scan.countQueries <= Math.max(maxQueries, 1), `${scan.countQueries} > ${maxQueries}`);
+      assert.equal(scan.stopReason, 'budget');
+      assertContract(base, plan, fullRules);
+    }
+    const { scan } = await planFor(base, quantile(fullRules));
+    assert.ok(scan.countQueries <= defaultMaxQueries(30));
+  });
+
+  it('adversarial inventories: exact tiling, exact estimates, nothing under the minimum, no runaway', async () => {
+    const rules: PartitionRules = { maxWorkers: 30, recordsPerWorker: 2000, minRecordsPerWorker: 400 };
+    for (const shape of INVENTORY_SHAPES) {
+      const prices = generateInventory(shape, { seed: 4, size: shape === 'realistic' ? 60_000 : undefined }).priceCents;
+      for (const warm of [false, true]) {
+        const first = await planFor(prices, quantile(rules));
+        const options = quantile(rules, warm ? { warmStart: warmStartFrom(first.scan.total, first.plan) } : {});
+        const { scan, plan } = await planFor(prices, options);
+        assertContract(prices, plan, rules);
+        const n = partitionCount(prices.length, rules);
+        assert.ok(scan.countQueries <= defaultMaxQueries(n), `${shape}: ${scan.countQueries} queries`);
+        // Known limit: on 'dollar-spikes' (half the stones in two-dollar spikes as large as half a
+        // partition) the relaxed floor stays far below what whole-dollar cuts can reach, so the
+        // scan spends its budget there; everywhere else it stops on its own.
+        if (shape !== 'dollar-spikes') assert.notEqual(scan.stopReason, 'budget', `${shape}${warm ? ' (warm)' : ''}: ran out of budget`);
+        if (scan.stopReason === 'unreachable') assert.ok(scan.floor > 1.02 || scan.partitions < n, `${shape}: floor ${scan.floor}`);
+        else if (scan.stopReason === 'balanced') assert.ok(scan.balance <= 1.02, `${shape}: ${scan.balance}`);
+        // The same plan again from its own boundaries: nothing to refine.
+        if (warm && plan.length > 1 && scan.stopReason === 'balanced')
+          assert.ok(scan.countQueries <= plan.length, `${shape}: ${scan.countQueries}`);
+      }
+    }
+  });
+
+  it('a point mass larger than a partition may hold: unreachable, stops near the floor instead of spending its budget', async () => {
+    const prices = generateInventory('point-mass', { seed: 2 }).priceCents; // 60 % at $1,000.00
+    const { scan, plan } = await planFor(prices, quantile(fullRules));
+    assertContract(prices, plan, fullRules);
+    assert.equal(scan.stopReason, 'unreachable');
+    assert.ok(scan.floor > 1.02);
+    assert.ok(scan.balance <= scan.floor + 0.02 + 1e-9, `${scan.balance} vs floor ${scan.floor}`);
+    assert.ok(scan.countQueries < 60, `${scan.countQueries} queries`);
   });
 });

@@ -2,14 +2,14 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { PRICE_AXIS_END } from '../src/domain.js';
-import type { CumulativePoint, DensityScan } from '../src/heatmap.js';
+import { normalisePoints, type CumulativePoint, type Density } from '../src/density.js';
 import { partitionCount, planPartitions, type PartitionRules } from '../src/partitioner.js';
 import { assertTiles } from './helpers/inventory-counter.js';
 
 const rules: PartitionRules = { maxWorkers: 30, recordsPerWorker: 5000, minRecordsPerWorker: 1000 };
 
-function scanOf(total: number, points: CumulativePoint[]): DensityScan {
-  return { total, points, countQueries: 0, strategy: 'quantile' };
+function scanOf(total: number, points: CumulativePoint[]): Density {
+  return { total, points: normalisePoints(points, total) };
 }
 
 /** Every way to cut the points into n partitions with loads ≥ min: the least achievable maximum. */
@@ -86,7 +86,7 @@ describe('planPartitions', () => {
     assert.ok(mass.expectedRecords >= 30_000);
     // The rest stays even: the other partitions share the remaining stones.
     const others = plan.filter((p) => p !== mass).map((p) => p.expectedRecords);
-    assert.ok(Math.max(...others) <= 1.2 * ((100_000 - mass.expectedRecords) / others.length), `others ${others}`);
+    assert.ok(Math.max(...others) <= 1.2 * ((100_000 - mass.expectedRecords) / others.length), `others ${others.join(', ')}`);
   });
 
   it('clamps counts that drifted while the scan ran', () => {
