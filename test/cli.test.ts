@@ -231,7 +231,9 @@ describe('command line, end to end', () => {
   });
 
   it('a run left in scheduling by a crash is finished by the next run --full: same run id, no scan, raw table untouched', async () => {
-    await sql.query(`UPDATE run_metadata SET completed_at = now(), status = 'completed' WHERE completed_at IS NULL AND recorded_at IS NOT NULL`); // the consolidator's part
+    await sql.query(
+      `UPDATE run_metadata SET completed_at = now(), status = 'completed' WHERE completed_at IS NULL AND recorded_at IS NOT NULL`,
+    ); // the consolidator's part
     const crashed = '00000000-0000-4000-8000-000000000001';
     await sql.query(
       `INSERT INTO run_metadata (run_id, run_type, status, expected_workers, updated_to, price_field, started_at, recorded_at, base_query)

@@ -76,8 +76,8 @@ export function startCli(
     reject: (err: Error) => void;
   }> = [];
   let pending = '';
-  child.stdout!.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-  child.stderr!.on('data', (chunk: Buffer) => {
+  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+  child.stderr.on('data', (chunk: Buffer) => {
     const text = chunk.toString();
     stderr += text;
     pending += text;

@@ -941,7 +941,8 @@ export async function startServiceBusPeer(options: ServiceBusPeerOptions = {}): 
     const entity = queueEntity(address);
     for (const msg of messages) {
       received.push(toReceived(address, msg));
-      const id = msg.message_id === undefined ? undefined : String(msg.message_id as string);
+      const id =
+        typeof msg.message_id === 'string' ? msg.message_id : msg.message_id === undefined ? undefined : JSON.stringify(msg.message_id);
       if (options.duplicateDetection && id !== undefined) {
         const seen = seenIds.get(address) ?? new Set<string>();
         seenIds.set(address, seen);
