@@ -108,7 +108,7 @@ async function equalWidthPlan(config: Config, full: boolean): Promise<{ planned:
     totalRecords: total,
     priceField: config.nivoda.priceField,
     partitions,
-    scan: { countQueries: 1, durationMs: seconds * 1000 },
+    scan: { countQueries: 1, durationMs: seconds * 1000, start: 'cold', stopReason: 'equal-width', balance: 0, rounds: 1 },
   };
   return { planned, requests: client.stats().requests, seconds };
 }

@@ -1,6 +1,7 @@
 // What each command does, given its validated configuration and its logger; index.ts parses
 // the command line, builds both and maps the outcome to an exit code.
 import { randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import {
   CLI_HOLDER,
   describeBackends,
@@ -14,7 +15,7 @@ import {
 } from './app.js';
 import type { BaseConfig, Config } from './config.js';
 import { abandonRun, getRun, listPartitions, listRuns } from './db/runs.js';
-import { ConfigError, PermanentError, WatermarkFormatError } from './errors.js';
+import { ConfigError, PermanentError, toError, WatermarkFormatError } from './errors.js';
 import { readLease, releaseLease } from './lease.js';
 import { embeddedLockFile, readFileLock, releaseFileLock } from './lock-file.js';
 import type { Logger } from './log.js';
@@ -23,7 +24,7 @@ import type { ProgressLine } from './progress.js';
 import { isLocalQueue } from './queue/queue.js';
 import { formatPlan, formatRun, formatRuns } from './report.js';
 import { withRetry } from './retry.js';
-import { plan, run } from './scheduler.js';
+import { plan, run, scanHistory, type ScanHistory } from './scheduler.js';
 import type { Watermark } from './domain.js';
 import { unchangedSince, watermarkProblems, type StoredWatermark, type WatermarkStore } from './watermark.js';
 
@@ -113,7 +114,7 @@ export async function planCommand(
   const nivoda = createNivodaClient(config.nivoda, logger);
   const onCount = scanProgress(progress, nivoda);
   const planned = await plan(
-    { config, nivoda, logger, onCount, watermarks: await openWatermarks(config) },
+    { config, nivoda, logger, onCount, watermarks: await openWatermarks(config), history: (like) => planHistory(config, logger, like) },
     { ...options, signal: stop },
   ).finally(() => progress?.clear());
   out(options.json ? JSON.stringify(planned) : formatPlan(planned, config.heatmap.strategy));
@@ -239,6 +240,21 @@ export async function queuePeekCommand(config: BaseConfig, { logger, out }: Comm
 export async function migrateCommand(config: BaseConfig, { logger, out }: CommandContext) {
   const applied = await withResources(config, logger, ({ migrations }) => Promise.resolve(migrations));
   out(applied.length ? `applied: ${applied.join(', ')}` : 'the schema is up to date');
+}
+
+/**
+ * `plan` starts from the same history a run would, when it can read it: a database that does not
+ * exist yet (a fresh embedded directory) is not created for it, and one that is busy or down
+ * means a cold scan, logged, not a failed plan.
+ */
+async function planHistory(config: Config, logger: Logger, like: Parameters<typeof scanHistory>[1]): Promise<ScanHistory | undefined> {
+  if (config.database.backend === 'pglite' && !existsSync(config.database.dir)) return undefined;
+  try {
+    return await withResources(config, logger, ({ db }) => scanHistory(db, like));
+  } catch (err) {
+    logger.info({ reason: toError(err).message }, 'the scan history is not readable now: planning from scratch');
+    return undefined;
+  }
 }
 
 /** The operator commands' database session: open (migrated), use, close. */

@@ -63,6 +63,12 @@ const envSchema = z.object({
   HEATMAP_MIN_RECORDS_PER_WORKER: int(1).default(1000),
   RECORDS_PER_WORKER: int(1).default(5000),
   HEATMAP_MAX_PRICE: int(1, 2147483646).default(250_000),
+  HEATMAP_BALANCE_TOLERANCE: z.coerce
+    .number({ error: 'must be a number' })
+    .min(0, { error: 'must be at least 0' })
+    .max(1, { error: 'must be at most 1' })
+    .default(0.02),
+  HEATMAP_MAX_COUNT_QUERIES: int(1, 100_000).optional(),
   INCREMENTAL_SAFETY_BUFFER_MINUTES: int(0).default(15),
 
   AZURE_STORAGE_CONNECTION_STRING: optionalString,
@@ -124,6 +130,10 @@ export interface BaseConfig {
     incrementalMaxWorkers: number;
     minRecordsPerWorker: number;
     recordsPerWorker: number;
+    /** The scan stops when the largest partition is within (1 + this) × ideal (or provably cannot be). */
+    balanceTolerance: number;
+    /** A cap on count queries per scan; absent = the scan's default for the partition count. */
+    maxCountQueries?: number;
   };
   watermark:
     | { backend: 'blob'; connectionString?: string; accountUrl?: string; container: string; blob: string }
@@ -229,6 +239,8 @@ export function loadBaseConfig(env: Env = process.env, options: { requireNivoda?
       incrementalMaxWorkers: e.INCREMENTAL_MAX_WORKERS,
       minRecordsPerWorker: e.HEATMAP_MIN_RECORDS_PER_WORKER,
       recordsPerWorker: e.RECORDS_PER_WORKER,
+      balanceTolerance: e.HEATMAP_BALANCE_TOLERANCE,
+      maxCountQueries: e.HEATMAP_MAX_COUNT_QUERIES,
     },
     watermark:
       e.AZURE_STORAGE_CONNECTION_STRING || e.AZURE_STORAGE_ACCOUNT_URL

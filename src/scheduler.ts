@@ -8,6 +8,7 @@ import {
   beginRun,
   describeRun,
   failInterruptedScans,
+  lastComparableRun,
   lastPublishedFullRun,
   listPartitions,
   markFailed,
@@ -23,7 +24,7 @@ import {
 } from './db/runs.js';
 import type { BaseFilter, Partition, PriceField, RunType, UpdatedWindow, Watermark, WorkItemMessage } from './domain.js';
 import { PermanentError, StoppedError, toError } from './errors.js';
-import { scanDensity } from './heatmap.js';
+import { scanDensity, warmStartFrom } from './heatmap.js';
 import type { Logger } from './log.js';
 import type { NivodaClient } from './nivoda/client.js';
 import { diamondQuery, type QueryScope } from './nivoda/query.js';
@@ -41,7 +42,17 @@ export interface Plan {
   totalRecords: number;
   priceField: PriceField;
   partitions: Partition[];
-  scan: { countQueries: number; durationMs: number };
+  scan: {
+    countQueries: number;
+    durationMs: number;
+    /** Warm: started from the last comparable run's boundaries; cold: from scratch. */
+    start: 'warm' | 'cold';
+    /** Why the scan stopped: the balance target reached, provably unreachable, or the query budget spent. */
+    stopReason: string;
+    /** The largest partition / ideal. */
+    balance: number;
+    rounds: number;
+  };
 }
 
 export interface PlanDeps {
@@ -52,6 +63,15 @@ export interface PlanDeps {
   now?: () => Date;
   /** Heard after every count query of the scan (the terminal's progress line). */
   onCount?: (price: number | undefined) => void;
+  /** Last night's plan of the same kind, for a warm start; absent or undefined = cold scan. */
+  history?: (like: { runType: RunType; priceField: PriceField; baseQuery: BaseFilter }) => Promise<ScanHistory | undefined>;
+}
+
+/** A recorded run's plan that a new scan may start from. */
+export interface ScanHistory {
+  runId: string;
+  totalRecords: number;
+  partitions: readonly Partition[];
 }
 
 export interface RunDeps extends PlanDeps {
@@ -131,6 +151,9 @@ async function scanWindow(deps: PlanDeps, { runType, window, watermark }: Resolv
   const rules = rulesFor(config, runType);
   logger.info({ runType, window, strategy: config.heatmap.strategy }, 'scanning inventory density');
 
+  const history = deps.history
+    ? await deps.history({ runType, priceField: config.nivoda.priceField, baseQuery: config.nivoda.baseQuery })
+    : undefined;
   const started = performance.now();
   const scan = await scanDensity(
     async (bounds) => {
@@ -145,14 +168,34 @@ async function scanWindow(deps: PlanDeps, { runType, window, watermark }: Resolv
       denseZoneStep: config.heatmap.denseZoneStep,
       partitions: rules,
       concurrency: config.nivoda.maxConcurrency,
+      balanceTolerance: config.heatmap.balanceTolerance,
+      maxQueries: config.heatmap.maxCountQueries,
+      warmStart: history ? warmStartFrom(history.totalRecords, history.partitions) : undefined,
     },
   );
   const durationMs = Math.round(performance.now() - started);
   const partitions = planPartitions(scan, rules);
   logger.info(
-    { totalRecords: scan.total, partitions: partitions.length, countQueries: scan.countQueries, durationMs },
-    'planned partitions',
+    {
+      start: scan.start,
+      startReason: scan.startReason,
+      ...(scan.startDetail && { startDetail: scan.startDetail }),
+      ...(history && { historyRunId: history.runId }),
+    },
+    scan.start === 'warm' ? "scan started from the last comparable run's boundaries" : 'cold scan (no usable history)',
   );
+  const figures = {
+    totalRecords: scan.total,
+    partitions: partitions.length,
+    countQueries: scan.countQueries,
+    rounds: scan.rounds,
+    durationMs,
+    stopReason: scan.stopReason,
+    balance: Number(scan.balance.toFixed(4)),
+    floor: Number(scan.floor.toFixed(4)),
+  };
+  if (scan.stopReason === 'budget') logger.warn(figures, 'planned partitions: the count-query budget ran out before the balance target');
+  else logger.info(figures, 'planned partitions');
   return {
     runType,
     updatedFrom: window.from ?? null,
@@ -161,7 +204,14 @@ async function scanWindow(deps: PlanDeps, { runType, window, watermark }: Resolv
     totalRecords: scan.total,
     priceField: config.nivoda.priceField,
     partitions,
-    scan: { countQueries: scan.countQueries, durationMs },
+    scan: {
+      countQueries: scan.countQueries,
+      durationMs,
+      start: scan.start,
+      stopReason: scan.stopReason,
+      balance: Number(scan.balance.toFixed(4)),
+      rounds: scan.rounds,
+    },
   };
 }
 
@@ -215,6 +265,7 @@ export async function run(deps: RunDeps, options: RunOptions = {}): Promise<RunO
   if (unpublished.length > 0) return finishUnpublished(deps, unpublished, holder, options.signal);
 
   await beginRun(db, { runId, holder });
+  const withHistory: RunDeps = { ...deps, history: deps.history ?? ((like) => scanHistory(db, like)) };
   let planned: Plan;
   try {
     stopIfAsked(options.signal);
@@ -230,7 +281,7 @@ export async function run(deps: RunDeps, options: RunOptions = {}): Promise<RunO
     const full = resolved.runType === 'full';
     // Before the scan, so a refused run spends none of the vendor's quota.
     if (full && !options.force) await refuseWhileRunsAreWorked(db);
-    planned = await scanWindow({ ...deps, logger }, resolved, options.signal);
+    planned = await scanWindow({ ...withHistory, logger }, resolved, options.signal);
     if (full && !options.force) await refuseSuspiciousFullScan(db, planned);
     stopIfAsked(options.signal);
     // A dead broker fails the run here, before the raw table is emptied.
@@ -389,4 +440,13 @@ async function refuseSuspiciousFullScan(db: Database, planned: Plan): Promise<vo
         `(${last.runId}); refusing to empty raw_diamonds_nivoda, or pass --force`,
     );
   }
+}
+
+/** The last comparable recorded and published run, as a scan's starting point. */
+export async function scanHistory(
+  db: Database,
+  like: { runType: RunType; priceField: PriceField; baseQuery: BaseFilter },
+): Promise<ScanHistory | undefined> {
+  const last = await lastComparableRun(db, like);
+  return last && { runId: last.run.runId, totalRecords: last.run.totalRecords, partitions: last.partitions };
 }

@@ -228,6 +228,11 @@ describe('command line, end to end', () => {
     const forced = await runCli(['run', '--full', '--force'], azureEnv());
     assert.equal(forced.code, 0, forced.stderr);
     assert.equal(await runCount(), 3);
+    // Last night's plan of the same kind is the starting point: a warm scan, cheaper than the cold one.
+    const start = forced.logs.find((l) => l.start !== undefined);
+    assert.equal(start?.start, 'warm', JSON.stringify(start));
+    const [cold, warm] = (await sql.query(`SELECT count_queries FROM run_metadata WHERE status <> 'failed' ORDER BY started_at`)).rows;
+    assert.ok(Number(warm.count_queries) < Number(cold.count_queries), `warm ${warm.count_queries} < cold ${cold.count_queries}`);
   });
 
   it('a run left in scheduling by a crash is finished by the next run --full: same run id, no scan, raw table untouched', async () => {

@@ -313,6 +313,26 @@ export async function lastPublishedFullRun(db: Queryable): Promise<RunRecord | u
   return rows[0] ? toRunRecord(rows[0]) : undefined;
 }
 
+/**
+ * The scan history a new scan may start from: the last run recorded and published (whether or
+ * not its workers have finished) of the same type, price field and base filter, with its partitions.
+ */
+export async function lastComparableRun(
+  db: Queryable,
+  like: { runType: RunType; priceField: PriceField; baseQuery: BaseQuery },
+): Promise<{ run: RunRecord; partitions: PartitionRecord[] } | undefined> {
+  const rows = await db.query(
+    `SELECT ${RUN_COLUMNS} FROM run_metadata
+     WHERE run_type = $1 AND price_field = $2 AND base_query = $3::jsonb AND published_at IS NOT NULL
+       AND status IN ('published', 'completed') AND expected_workers > 0
+     ORDER BY started_at DESC, run_id DESC LIMIT 1`,
+    [like.runType, like.priceField, JSON.stringify(like.baseQuery)],
+  );
+  if (!rows[0]) return undefined;
+  const run = toRunRecord(rows[0]);
+  return { run, partitions: await listPartitions(db, run.runId) };
+}
+
 function toRunRecord(row: Row): RunRecord {
   return {
     runId: String(row.run_id),
