@@ -190,6 +190,78 @@ function locals(config: Hcl): Block {
   return Object.assign({}, ...asBlocks(config.locals, 'locals')) as Block;
 }
 
+/** What a root name (each, or a dynamic block's iterator) stands for while one instance is read. */
+type Scope = Record<string, { key: unknown; value: unknown }>;
+
+/**
+ * Fills in `${root.key}`, `${root.value…}` and `${root.value…[*]}` where the whole string is such
+ * a reference; any other string is left as written.
+ */
+function resolve(value: unknown, scope: Scope): unknown {
+  if (Array.isArray(value)) return value.map((v) => resolve(v, scope));
+  if (value !== null && typeof value === 'object') return expand(value as Block, scope);
+  if (typeof value !== 'string') return value;
+  const match = /^\$\{(\w+)\.(key|value)((?:\.\w+)*)(\[\*\])?\}$/.exec(value);
+  const bound = match ? scope[match[1] as string] : undefined;
+  if (!match || !bound) return value;
+  let found: unknown = match[2] === 'key' ? bound.key : bound.value;
+  for (const attribute of (match[3] ?? '').split('.').slice(1)) {
+    assert.ok(found !== null && typeof found === 'object' && attribute in found, `${value}: no attribute ${attribute}`);
+    found = (found as Block)[attribute];
+  }
+  return match[4] ? (found === null ? [] : [found]) : found;
+}
+
+/**
+ * A block as Terraform builds it: references resolved, and each dynamic block whose for_each
+ * resolves (to a list or a literal map) replaced by the blocks it makes. A dynamic block over an
+ * expression (merge(…)) stays under `dynamic`.
+ */
+function expand(block: Block, scope: Scope): Block {
+  const result: Block = {};
+  for (const [key, value] of Object.entries(block)) if (key !== 'dynamic') result[key] = resolve(value, scope);
+  const kept: Block = {};
+  for (const [name, dynamics] of Object.entries((block.dynamic ?? {}) as Block)) {
+    const dynamic = one(dynamics, `dynamic "${name}"`);
+    const forEach = resolve(dynamic.for_each, scope);
+    if (typeof forEach === 'string') {
+      kept[name] = [dynamic];
+      continue;
+    }
+    assert.ok(forEach !== null && typeof forEach === 'object', `dynamic "${name}": for_each is ${String(forEach)}`);
+    const content = Array.isArray(dynamic.content) ? one(dynamic.content, `dynamic "${name}" content`) : (dynamic.content as Block);
+    const made = Object.entries(forEach as Block).map(([key, value]) => expand(content, { ...scope, [name]: { key, value } }));
+    if (made.length > 0) result[name] = [...((result[name] as Block[] | undefined) ?? []), ...made];
+  }
+  if (Object.keys(kept).length > 0) result.dynamic = kept;
+  return result;
+}
+
+interface Instance {
+  /** The for_each key, or the resource name where there is no for_each. */
+  key: string;
+  body: Block;
+}
+
+/** Every instance of every resource of a type, each as Terraform would build it. */
+function instancesOf(config: Hcl, type: string): Instance[] {
+  return Object.entries(resourcesOf(config, type)).flatMap(([name, blocks]) => {
+    const { for_each: forEach, ...body } = one(blocks, `${type}.${name}`);
+    if (forEach === undefined) return [{ key: name, body: expand(body, {}) }];
+    // A literal map, or a local holding one.
+    const local = typeof forEach === 'string' ? /^\$\{local\.(\w+)\}$/.exec(forEach)?.[1] : undefined;
+    const map = local === undefined ? forEach : locals(config)[local];
+    assert.ok(map !== null && typeof map === 'object' && !Array.isArray(map), `${type}.${name}: for_each is not a literal map`);
+    return Object.entries(map as Block).map(([key, value]) => ({ key, body: expand(body, { each: { key, value } }) }));
+  });
+}
+
+function instance(config: Hcl, type: string, key: string): Block {
+  const matching = instancesOf(config, type).filter((i) => i.key === key);
+  assert.equal(matching.length, 1, `one ${type} instance "${key}"`);
+  return (matching[0] as Instance).body;
+}
+
 const IDENTITY = '${azurerm_user_assigned_identity.this.id}';
 
 /** Every .tf (and tfvars example) file under deploy/. */
@@ -245,7 +317,7 @@ describe('terraform module (parsed HCL)', () => {
   });
 
   it('schedules the scheduler at 0 2 * * * with one replica, a replica timeout and a retry limit', () => {
-    const job = resource(config, 'azurerm_container_app_job', 'scheduler');
+    const job = instance(config, 'azurerm_container_app_job', 'scheduler');
     const trigger = one(job.schedule_trigger_config, 'schedule_trigger_config');
     assert.equal(trigger.cron_expression, '${var.schedule_cron}');
     const variables = config.variable as Record<string, unknown>;
@@ -262,8 +334,14 @@ describe('terraform module (parsed HCL)', () => {
   it('runs both jobs, and pulls their image, with the user-assigned identity', () => {
     const identity = resource(config, 'azurerm_user_assigned_identity', 'this');
     assert.ok(identity.name);
+    assert.deepEqual(
+      instancesOf(config, 'azurerm_container_app_job')
+        .map((i) => i.key)
+        .sort(),
+      ['scheduler', 'worker'],
+    );
     for (const name of ['scheduler', 'worker']) {
-      const job = resource(config, 'azurerm_container_app_job', name);
+      const job = instance(config, 'azurerm_container_app_job', name);
       const jobIdentity = one(job.identity, `${name}.identity`);
       assert.equal(jobIdentity.type, 'UserAssigned');
       assert.deepEqual(jobIdentity.identity_ids, [IDENTITY]);
@@ -276,7 +354,7 @@ describe('terraform module (parsed HCL)', () => {
 
   it('grants the identity exactly the roles it needs, each on its own resource', () => {
     const principal = '${azurerm_user_assigned_identity.this.principal_id}';
-    const roles = Object.values(resourcesOf(config, 'azurerm_role_assignment')).map((blocks) => one(blocks, 'role assignment'));
+    const roles = instancesOf(config, 'azurerm_role_assignment').map((i) => i.body);
     for (const role of roles) assert.equal(role.principal_id, principal);
     const scopeOf = (roleName: string) => {
       const matching = roles.filter((r) => r.role_definition_name === roleName);
@@ -287,10 +365,14 @@ describe('terraform module (parsed HCL)', () => {
     assert.equal(scopeOf('Azure Service Bus Data Sender').scope, '${azurerm_servicebus_queue.work_items.id}');
     assert.equal(scopeOf('Azure Service Bus Data Receiver').scope, '${azurerm_servicebus_queue.work_items.id}');
     assert.equal(scopeOf('AcrPull').scope, '${data.azurerm_container_registry.this.id}');
-    const secretsUser = scopeOf('Key Vault Secrets User');
-    assert.equal(secretsUser.scope, '${each.value}');
-    assert.deepEqual(Object.keys(secretsUser.for_each as Block).sort(), ['database-url', 'keda-connection', 'nivoda-password']);
-    assert.equal(roles.length, 5, 'no role beyond these five');
+    // Per secret, not on the whole vault.
+    const secretScopes = roles.filter((r) => r.role_definition_name === 'Key Vault Secrets User').map((r) => r.scope);
+    assert.deepEqual(secretScopes.sort(), [
+      '${azurerm_key_vault_secret.keda_connection.resource_versionless_id}',
+      '${data.azurerm_key_vault.this.id}/secrets/${var.database_url_secret_name}',
+      '${data.azurerm_key_vault.this.id}/secrets/${var.nivoda_password_secret_name}',
+    ]);
+    assert.equal(roles.length, 7, 'no role beyond these five (Key Vault Secrets User once per secret)');
     assert.equal(resource(config, 'azurerm_storage_container', 'watermarks').name, '${local.watermark_container}');
     assert.equal(locals(config).watermark_container, 'watermarks');
   });
@@ -317,7 +399,7 @@ describe('terraform module (parsed HCL)', () => {
       worker: ['database-url', 'nivoda-password', 'servicebus-listen'],
     };
     for (const [name, secretNames] of Object.entries(expected)) {
-      const job = resource(config, 'azurerm_container_app_job', name);
+      const job = instance(config, 'azurerm_container_app_job', name);
       const secrets = asBlocks(job.secret, `${name}.secret`);
       assert.deepEqual(secrets.map((s) => s.name).sort(), secretNames);
       for (const secret of secrets) {
@@ -347,14 +429,14 @@ describe('terraform module (parsed HCL)', () => {
     assert.ok(merged.includes('azurerm_user_assigned_identity.this.client_id'));
     assert.ok(!/CONNECTION_STRING/.test(merged), 'no connection string in the environment');
     for (const name of ['scheduler', 'worker']) {
-      const container = one(one(resource(config, 'azurerm_container_app_job', name).template, 'template').container, 'container');
+      const container = one(one(instance(config, 'azurerm_container_app_job', name).template, 'template').container, 'container');
       const dynamicEnv = one((container.dynamic as Record<string, unknown>).env, `${name}.dynamic env`);
       assert.match(String(dynamicEnv.for_each), /^\$\{merge\(local\.common_env,/);
     }
   });
 
   it('scales the worker job with KEDA on the work-items queue, bounded by the vendor budget', () => {
-    const job = resource(config, 'azurerm_container_app_job', 'worker');
+    const job = instance(config, 'azurerm_container_app_job', 'worker');
     const trigger = one(job.event_trigger_config, 'event_trigger_config');
     assert.equal(trigger.parallelism, 1);
     assert.equal(trigger.replica_completion_count, 1);
@@ -383,7 +465,7 @@ describe('terraform module (parsed HCL)', () => {
   });
 
   it('alerts on Log Analytics when a scheduled run fails or does not run', () => {
-    const rule = resource(config, 'azurerm_monitor_scheduled_query_rules_alert_v2', 'missed_run');
+    const rule = instance(config, 'azurerm_monitor_scheduled_query_rules_alert_v2', 'missed_run');
     assert.deepEqual(rule.scopes, ['${azurerm_log_analytics_workspace.this.id}']);
     const criteria = one(rule.criteria, 'criteria');
     assert.equal(criteria.query, '${local.missed_run_query}');
@@ -393,6 +475,9 @@ describe('terraform module (parsed HCL)', () => {
     assert.match(query, /ContainerAppConsoleLogs_CL/);
     assert.match(query, /startswith "run finished"/);
     assert.match(query, /local\.scheduler_job_name/);
+    const errors = one(instance(config, 'azurerm_monitor_scheduled_query_rules_alert_v2', 'errors').criteria, 'errors criteria');
+    assert.deepEqual([errors.query, errors.operator, errors.threshold], ['${local.error_query}', 'GreaterThan', 0]);
+    assert.match(String(locals(config).error_query), /local\.worker_job_name/);
     const workspace = resource(config, 'azurerm_log_analytics_workspace', 'this');
     const environment = resource(config, 'azurerm_container_app_environment', 'this');
     assert.ok(workspace.retention_in_days);

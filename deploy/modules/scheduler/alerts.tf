@@ -41,61 +41,56 @@ resource "azurerm_monitor_action_group" "this" {
   }
 }
 
-# Fires when no scheduled run has finished in the last 24 h + grace: failed or did not run.
-resource "azurerm_monitor_scheduled_query_rules_alert_v2" "missed_run" {
-  name                 = "${var.name_prefix}-scheduler-missed-run"
-  resource_group_name  = var.resource_group_name
-  location             = var.location
-  description          = "No scheduler execution logged \"run finished\" in the last ${24 + var.missed_run_grace_hours} hours: the nightly run failed or did not run. See docs/runbook.md."
-  severity             = 1
-  enabled              = true
-  scopes               = [azurerm_log_analytics_workspace.this.id]
-  evaluation_frequency = "PT1H"
-  # The query sets its own, longer time range; the window only has to contain it.
-  window_duration         = "P2D"
-  auto_mitigation_enabled = true
-  tags                    = var.tags
-
-  criteria {
-    query                   = local.missed_run_query
-    time_aggregation_method = "Count"
-    operator                = "LessThan"
-    threshold               = 1
-
-    failing_periods {
-      minimum_failing_periods_to_trigger_alert = 1
-      number_of_evaluation_periods             = 1
+locals {
+  alerts = {
+    # Fires when no scheduled run has finished in the last 24 h + grace: failed or did not run.
+    missed_run = {
+      name                 = "${var.name_prefix}-scheduler-missed-run"
+      description          = "No scheduler execution logged \"run finished\" in the last ${24 + var.missed_run_grace_hours} hours: the nightly run failed or did not run. See docs/runbook.md."
+      severity             = 1
+      evaluation_frequency = "PT1H"
+      # The query sets its own, longer time range; the window only has to contain it.
+      window_duration = "P2D"
+      query           = local.missed_run_query
+      operator        = "LessThan"
+      threshold       = 1
     }
-  }
 
-  dynamic "action" {
-    for_each = length(local.alert_action_groups) > 0 ? [local.alert_action_groups] : []
-    content {
-      action_groups = action.value
+    # Fires at once on any error line of the scheduler or a worker (a failed run, a
+    # dead-lettered partition), without waiting for the missed-run window.
+    errors = {
+      name                 = "${var.name_prefix}-errors"
+      description          = "The scheduler or a worker logged an error. See docs/runbook.md."
+      severity             = 2
+      evaluation_frequency = "PT15M"
+      window_duration      = "PT15M"
+      query                = local.error_query
+      operator             = "GreaterThan"
+      threshold            = 0
     }
   }
 }
 
-# Fires at once on any error line of the scheduler or a worker (a failed run, a dead-lettered
-# partition), without waiting for the missed-run window.
-resource "azurerm_monitor_scheduled_query_rules_alert_v2" "errors" {
-  name                    = "${var.name_prefix}-errors"
+resource "azurerm_monitor_scheduled_query_rules_alert_v2" "this" {
+  for_each = local.alerts
+
+  name                    = each.value.name
   resource_group_name     = var.resource_group_name
   location                = var.location
-  description             = "The scheduler or a worker logged an error. See docs/runbook.md."
-  severity                = 2
+  description             = each.value.description
+  severity                = each.value.severity
   enabled                 = true
   scopes                  = [azurerm_log_analytics_workspace.this.id]
-  evaluation_frequency    = "PT15M"
-  window_duration         = "PT15M"
+  evaluation_frequency    = each.value.evaluation_frequency
+  window_duration         = each.value.window_duration
   auto_mitigation_enabled = true
   tags                    = var.tags
 
   criteria {
-    query                   = local.error_query
+    query                   = each.value.query
     time_aggregation_method = "Count"
-    operator                = "GreaterThan"
-    threshold               = 0
+    operator                = each.value.operator
+    threshold               = each.value.threshold
 
     failing_periods {
       minimum_failing_periods_to_trigger_alert = 1

@@ -1,11 +1,11 @@
 output "scheduler_job_name" {
   description = "Name of the scheduler's Container Apps Job (az containerapp job start -n <this> -g <resource group>)."
-  value       = azurerm_container_app_job.scheduler.name
+  value       = azurerm_container_app_job.this["scheduler"].name
 }
 
 output "worker_job_name" {
   description = "Name of the workers' event-driven Container Apps Job."
-  value       = azurerm_container_app_job.worker.name
+  value       = azurerm_container_app_job.this["worker"].name
 }
 
 output "worker_max_executions" {

@@ -1,44 +1,19 @@
-# What the identity may do, each on the narrowest scope.
-
-resource "azurerm_role_assignment" "acr_pull" {
-  scope                = data.azurerm_container_registry.this.id
-  role_definition_name = "AcrPull"
-  principal_id         = azurerm_user_assigned_identity.this.principal_id
-  principal_type       = "ServicePrincipal"
-}
-
-resource "azurerm_role_assignment" "watermark_blob" {
-  scope                = azurerm_storage_container.watermarks.resource_manager_id
-  role_definition_name = "Storage Blob Data Contributor"
-  principal_id         = azurerm_user_assigned_identity.this.principal_id
-  principal_type       = "ServicePrincipal"
-}
-
-resource "azurerm_role_assignment" "queue_sender" {
-  scope                = azurerm_servicebus_queue.work_items.id
-  role_definition_name = "Azure Service Bus Data Sender"
-  principal_id         = azurerm_user_assigned_identity.this.principal_id
-  principal_type       = "ServicePrincipal"
-}
-
-# The workers' side of the queue (peek-lock, settle, dead-letter).
-resource "azurerm_role_assignment" "queue_receiver" {
-  scope                = azurerm_servicebus_queue.work_items.id
-  role_definition_name = "Azure Service Bus Data Receiver"
-  principal_id         = azurerm_user_assigned_identity.this.principal_id
-  principal_type       = "ServicePrincipal"
-}
-
-# Per secret, not on the whole vault.
-resource "azurerm_role_assignment" "key_vault_secrets" {
+# What the identity may do, each on the narrowest scope: Key Vault per secret, not on the whole
+# vault; the queue's sending side for the scheduler, its receiving side (peek-lock, settle,
+# dead-letter) for the workers.
+resource "azurerm_role_assignment" "this" {
   for_each = {
-    "nivoda-password" = "${data.azurerm_key_vault.this.id}/secrets/${var.nivoda_password_secret_name}"
-    "database-url"    = "${data.azurerm_key_vault.this.id}/secrets/${var.database_url_secret_name}"
-    "keda-connection" = azurerm_key_vault_secret.keda_connection.resource_versionless_id
+    acr_pull               = { role = "AcrPull", scope = data.azurerm_container_registry.this.id }
+    watermark_blob         = { role = "Storage Blob Data Contributor", scope = azurerm_storage_container.watermarks.resource_manager_id }
+    queue_sender           = { role = "Azure Service Bus Data Sender", scope = azurerm_servicebus_queue.work_items.id }
+    queue_receiver         = { role = "Azure Service Bus Data Receiver", scope = azurerm_servicebus_queue.work_items.id }
+    secret_nivoda_password = { role = "Key Vault Secrets User", scope = "${data.azurerm_key_vault.this.id}/secrets/${var.nivoda_password_secret_name}" }
+    secret_database_url    = { role = "Key Vault Secrets User", scope = "${data.azurerm_key_vault.this.id}/secrets/${var.database_url_secret_name}" }
+    secret_keda_connection = { role = "Key Vault Secrets User", scope = azurerm_key_vault_secret.keda_connection.resource_versionless_id }
   }
 
-  scope                = each.value
-  role_definition_name = "Key Vault Secrets User"
+  scope                = each.value.scope
+  role_definition_name = each.value.role
   principal_id         = azurerm_user_assigned_identity.this.principal_id
   principal_type       = "ServicePrincipal"
 }
