@@ -281,7 +281,8 @@ function databaseAuthProblems(e: z.infer<typeof envSchema>): string[] {
   if (!e.DATABASE_URL) return ['DATABASE_AUTH=azure needs DATABASE_URL (server, database and the Entra ID user, no password)'];
   const url = new URL(e.DATABASE_URL);
   const problems: string[] = [];
-  if (!url.username) problems.push('DATABASE_URL must name the Entra ID user (postgres://<user>@<server>/<database>) when DATABASE_AUTH=azure');
+  if (!url.username)
+    problems.push('DATABASE_URL must name the Entra ID user (postgres://<user>@<server>/<database>) when DATABASE_AUTH=azure');
   if (url.password) problems.push('DATABASE_URL must not carry a password when DATABASE_AUTH=azure: the password is an Entra ID token');
   return problems;
 }

@@ -26,11 +26,7 @@ export async function openQueue(config: QueueConfig, deps: QueueDeps): Promise<W
     return new LocalQueue(deps.db, deps.logger);
   }
   const { connectionString, namespace, queueName, azureClientId } = config;
-  const target = connectionString
-    ? { connectionString, queueName }
-    : namespace
-      ? { namespace, queueName, azureClientId }
-      : undefined;
+  const target = connectionString ? { connectionString, queueName } : namespace ? { namespace, queueName, azureClientId } : undefined;
   if (!target) throw new ConfigError(['AZURE_SERVICE_BUS_CONNECTION_STRING or AZURE_SERVICE_BUS_NAMESPACE is required for Service Bus']);
   const { ServiceBusQueue } = await import('./servicebus.js');
   return new ServiceBusQueue(target, deps);

@@ -23,8 +23,7 @@ export interface ServiceBusSdkRetryOptions {
 }
 
 export type ServiceBusTarget =
-  | { connectionString: string; queueName: string }
-  | { namespace: string; queueName: string; azureClientId?: string };
+  { connectionString: string; queueName: string } | { namespace: string; queueName: string; azureClientId?: string };
 
 /** Codes a retry cannot fix: a missing or disabled queue, a full namespace, an oversized message. */
 const PERMANENT_CODES = new Set(['MessagingEntityNotFound', 'MessagingEntityDisabled', 'QuotaExceeded', 'MessageSizeExceeded']);
