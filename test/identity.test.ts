@@ -269,6 +269,83 @@ describe('managed identity: Blob with OAuth (Azurite over HTTPS, --oauth basic)'
   });
 });
 
+/**
+ * Publishes through a ServiceBusQueue built from a namespace and a test credential, in a child
+ * process: the SDK's credential constructor always speaks TLS and takes no certificate
+ * authority, so only a process started with NODE_EXTRA_CA_CERTS trusts the peer's certificate.
+ * Prints `{ scopes, published }` on stdout.
+ */
+const PUBLISH_WITH_TEST_CREDENTIAL = `
+const { ServiceBusQueue } = await import(process.env.SERVICEBUS_MODULE);
+const { createLogger } = await import(process.env.LOG_MODULE);
+const scopes = [];
+const credential = {
+  async getToken(requested) {
+    scopes.push(...[].concat(requested));
+    return { token: process.env.TEST_TOKEN, expiresOnTimestamp: Date.now() + 3600000 };
+  },
+};
+const queue = new ServiceBusQueue(
+  { namespace: process.env.NAMESPACE, queueName: 'work-items' },
+  { logger: createLogger({ level: 'silent' }), credential, retry: { attempts: 1 } },
+);
+const item = {
+  runId: 'run-identity', partitionId: 'partition-1', priceMin: 0, priceMax: 2147483647, expectedRecords: 10,
+  isIncremental: false, priceField: 'dollar_value', updatedTo: '2026-01-01T00:00:00.000Z', partitionCount: 1, query: {},
+};
+const { published } = await queue.publish([item]);
+await queue.close();
+process.stdout.write(JSON.stringify({ scopes, published }));
+`;
+
+describe('managed identity: Service Bus with a token (the peer over TLS, a JWT put-token on $cbs)', () => {
+  let cert: TestCertificate;
+  let peer: ServiceBusPeer;
+
+  before(async () => {
+    cert = await createTestCertificate();
+    peer = await startServiceBusPeer({ tls: { key: cert.key, cert: cert.cert } });
+  });
+  after(async () => {
+    await peer?.close();
+    await cert?.remove();
+  });
+
+  it('a ServiceBusQueue built from a namespace and a credential publishes, with a JWT put-token for the queue', async () => {
+    const token = jwt(resourceOf(SERVICE_BUS_SCOPE));
+    const child = spawn(
+      process.execPath,
+      ['--import', import.meta.resolve('tsx'), '--input-type=module', '-e', PUBLISH_WITH_TEST_CREDENTIAL],
+      {
+        env: {
+          PATH: process.env.PATH,
+          NODE_EXTRA_CA_CERTS: cert.certFile,
+          SERVICEBUS_MODULE: new URL('../src/queue/servicebus.ts', import.meta.url).href,
+          LOG_MODULE: new URL('../src/log.ts', import.meta.url).href,
+          NAMESPACE: peer.namespace,
+          TEST_TOKEN: token,
+        },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
+    assert.equal(code, 0, stderr);
+    const report = JSON.parse(stdout) as { scopes: string[]; published: number };
+    assert.equal(report.published, 1);
+    assert.ok(report.scopes.length > 0);
+    assert.deepEqual([...new Set(report.scopes)], [SERVICE_BUS_SCOPE]);
+    assert.deepEqual(peer.cbsTokens, [{ type: 'jwt', audience: `sb://${peer.namespace}/work-items`, token }]);
+    assert.deepEqual(
+      peer.received.map((m) => m.messageId),
+      ['run-identity:partition-1'],
+    );
+  });
+});
+
 describe('managed identity: PostgreSQL with Entra ID (DATABASE_AUTH=azure)', async () => {
   const bin = await postgresBin();
   let cluster: ScramCluster | undefined;
