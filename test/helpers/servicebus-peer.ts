@@ -34,6 +34,15 @@ export interface PeerDelivery {
   outcome: 'accepted' | 'rejected';
 }
 
+/** One $cbs put-token request as the peer received it. */
+export interface CbsToken {
+  /** `jwt` for an Entra ID token (TokenCredential), `servicebus.windows.net:sastoken` for a SAS. */
+  type: unknown;
+  /** The `name` property: the entity the claim is for, e.g. `sb://127.0.0.1:<port>/work-items`. */
+  audience: unknown;
+  token: unknown;
+}
+
 export type QueuedMessageState = 'active' | 'locked' | 'completed' | 'dead-lettered';
 
 /** A snapshot of one stored message (changing it changes nothing in the peer). */
@@ -64,24 +73,15 @@ export interface QueueOptions {
 
 export interface ServiceBusPeerOptions extends QueueOptions {
   queues?: string[];
-  /** Per-queue overrides of maxDeliveryCount and lockDurationMs. */
-  queueOptions?: Record<string, QueueOptions>;
-  /** Announced on every attach; the SDK sizes its batches from it. Standard tier: 256 KB. */
-  maxMessageSize?: number;
   /**
    * Listen with TLS (amqps, as the real namespace does) with this key and certificate. The SDK's
    * credential constructor (namespace + TokenCredential) always speaks TLS: no emulator switch.
    */
   tls?: { key: string | Buffer; cert: string | Buffer };
-}
-
-/** One $cbs put-token request as the peer received it. */
-export interface CbsToken {
-  /** `jwt` for an Entra ID token (TokenCredential), `servicebus.windows.net:sastoken` for a SAS. */
-  type: unknown;
-  /** The `name` property: the entity the claim is for, e.g. `sb://127.0.0.1:<port>/work-items`. */
-  audience: unknown;
-  token: unknown;
+  /** Per-queue overrides of maxDeliveryCount and lockDurationMs. */
+  queueOptions?: Record<string, QueueOptions>;
+  /** Announced on every attach; the SDK sizes its batches from it. Standard tier: 256 KB. */
+  maxMessageSize?: number;
 }
 
 export interface ReceiveCounters {
