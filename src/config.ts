@@ -89,6 +89,11 @@ const envSchema = z.object({
     })
     .optional(),
   DATABASE_POOL_MAX: int(1, 100).default(5),
+  DATABASE_AUTH: z
+    .enum(['password', 'azure'], { error: 'must be password (in DATABASE_URL) or azure (an Entra ID token per connection)' })
+    .default('password'),
+  // The client id of a user-assigned managed identity; unset, DefaultAzureCredential picks the system-assigned one.
+  AZURE_CLIENT_ID: z.guid({ error: 'must be the client id (a GUID) of the user-assigned managed identity' }).optional(),
 
   AZURE_SERVICE_BUS_CONNECTION_STRING: optionalString,
   AZURE_SERVICE_BUS_NAMESPACE: optionalString,
@@ -136,10 +141,14 @@ export interface BaseConfig {
     maxCountQueries?: number;
   };
   watermark:
-    | { backend: 'blob'; connectionString?: string; accountUrl?: string; container: string; blob: string }
+    | { backend: 'blob'; connectionString?: string; accountUrl?: string; container: string; blob: string; azureClientId?: string }
     | { backend: 'file'; path: string };
-  database: { backend: 'postgres'; url: string; poolMax: number } | { backend: 'pglite'; dir: string };
-  queue: { backend: 'servicebus'; connectionString?: string; namespace?: string; queueName: string } | { backend: 'local' };
+  database:
+    | { backend: 'postgres'; url: string; poolMax: number; auth?: 'password' | 'azure'; azureClientId?: string }
+    | { backend: 'pglite'; dir: string };
+  queue:
+    | { backend: 'servicebus'; connectionString?: string; namespace?: string; queueName: string; azureClientId?: string }
+    | { backend: 'local' };
   dataDir: string;
   lockTtlSeconds: number;
   logLevel: z.infer<typeof envSchema>['LOG_LEVEL'];
@@ -208,6 +217,7 @@ export function loadBaseConfig(env: Env = process.env, options: { requireNivoda?
       'AZURE_SERVICE_BUS_CONNECTION_STRING must look like Endpoint=sb://<namespace>/;SharedAccessKeyName=<name>;SharedAccessKey=<key> (or SharedAccessSignature=…)',
     );
   }
+  problems.push(...databaseAuthProblems(e));
   problems.push(...productionFallbacks(e));
   if (problems.length > 0) throw new ConfigError(problems);
 
@@ -250,10 +260,11 @@ export function loadBaseConfig(env: Env = process.env, options: { requireNivoda?
             accountUrl: e.AZURE_STORAGE_ACCOUNT_URL,
             container: e.WATERMARK_CONTAINER,
             blob: e.WATERMARK_BLOB,
+            azureClientId: e.AZURE_CLIENT_ID,
           }
         : { backend: 'file', path: path.join(dataDir, e.WATERMARK_CONTAINER, e.WATERMARK_BLOB) },
     database: e.DATABASE_URL
-      ? { backend: 'postgres', url: e.DATABASE_URL, poolMax: e.DATABASE_POOL_MAX }
+      ? { backend: 'postgres', url: e.DATABASE_URL, poolMax: e.DATABASE_POOL_MAX, auth: e.DATABASE_AUTH, azureClientId: e.AZURE_CLIENT_ID }
       : { backend: 'pglite', dir: path.join(dataDir, 'pglite') },
     queue:
       e.AZURE_SERVICE_BUS_CONNECTION_STRING || e.AZURE_SERVICE_BUS_NAMESPACE
@@ -262,6 +273,7 @@ export function loadBaseConfig(env: Env = process.env, options: { requireNivoda?
             connectionString: e.AZURE_SERVICE_BUS_CONNECTION_STRING,
             namespace: e.AZURE_SERVICE_BUS_NAMESPACE,
             queueName: e.AZURE_SERVICE_BUS_QUEUE,
+            azureClientId: e.AZURE_CLIENT_ID,
           }
         : { backend: 'local' },
     dataDir,
@@ -271,6 +283,21 @@ export function loadBaseConfig(env: Env = process.env, options: { requireNivoda?
 }
 
 const SERVICE_BUS_CONNECTION_STRING = /^(?=.*\bEndpoint=sb:\/\/[^;]+)(?=.*\b(SharedAccessKey|SharedAccessSignature)=[^;]+)/i;
+
+/**
+ * With Entra ID authentication the password is a token fetched per connection: DATABASE_URL names
+ * the server and the Entra user (the managed identity's name) and must not carry a password of its own.
+ */
+function databaseAuthProblems(e: z.infer<typeof envSchema>): string[] {
+  if (e.DATABASE_AUTH !== 'azure') return [];
+  if (!e.DATABASE_URL) return ['DATABASE_AUTH=azure needs DATABASE_URL (server, database and the Entra ID user, no password)'];
+  const url = new URL(e.DATABASE_URL);
+  const problems: string[] = [];
+  if (!url.username)
+    problems.push('DATABASE_URL must name the Entra ID user (postgres://<user>@<server>/<database>) when DATABASE_AUTH=azure');
+  if (url.password) problems.push('DATABASE_URL must not carry a password when DATABASE_AUTH=azure: the password is an Entra ID token');
+  return problems;
+}
 
 /**
  * In production the embedded database, the file watermark and the local queue live inside an

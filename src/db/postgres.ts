@@ -5,6 +5,8 @@
 // (no SET, no session advisory locks, no LISTEN, no named prepared statements), so a
 // transaction-mode pooler such as PgBouncer in front of the server changes nothing.
 import pg from 'pg';
+import { parseIntoClientConfig } from 'pg-connection-string';
+import { azureCredential, POSTGRES_TOKEN_SCOPE, type TokenCredential } from '../identity.js';
 import type { Logger } from '../log.js';
 import type { Database, Queryable, Row } from './database.js';
 
@@ -26,11 +28,37 @@ export interface PostgresOptions {
   url: string;
   poolMax: number;
   logger?: Logger;
+  /** `azure`: the password of every new connection is an Entra ID token (Azure Database for PostgreSQL). */
+  auth?: 'password' | 'azure';
+  /** With `auth: 'azure'`: the client id of a user-assigned managed identity. */
+  azureClientId?: string;
+  /** With `auth: 'azure'`: the credential to use instead of azureCredential() (tests pass their own). */
+  credential?: TokenCredential;
+}
+
+/**
+ * Where the pool connects, and as whom. With Entra ID the URL names the server and the user
+ * and the password is a function that `pg` calls for every new connection: a token lasts about
+ * an hour and the credential refreshes it, so a connection opened late in a run still gets a
+ * valid one. The URL is parsed here rather than passed as `connectionString`, because `pg`
+ * would let the URL's empty password override the function.
+ */
+function connectionConfig(options: PostgresOptions): pg.PoolConfig {
+  if (options.auth !== 'azure') return { connectionString: options.url };
+  const credential = options.credential ?? azureCredential({ azureClientId: options.azureClientId });
+  return {
+    ...parseIntoClientConfig(options.url),
+    password: async () => {
+      const token = await credential.getToken(POSTGRES_TOKEN_SCOPE);
+      if (!token) throw new Error(`the Azure credential returned no token for ${POSTGRES_TOKEN_SCOPE}`);
+      return token.token;
+    },
+  };
 }
 
 export async function openPostgres(options: PostgresOptions): Promise<Database> {
   const pool = new pg.Pool({
-    connectionString: options.url,
+    ...connectionConfig(options),
     max: options.poolMax,
     types: typeParsers(),
     application_name: 'nivoda-scheduler',

@@ -2,7 +2,6 @@
 // itself, but not a refused connection, and after its own retries it throws an
 // AggregateError; so the whole publish is wrapped in one retry with backoff here, and
 // the error that finally escapes names the real cause.
-import { DefaultAzureCredential } from '@azure/identity';
 import {
   ServiceBusClient,
   isServiceBusError,
@@ -11,6 +10,7 @@ import {
   type ServiceBusSender,
 } from '@azure/service-bus';
 import type { WorkItemMessage } from '../domain.js';
+import { azureCredential, type TokenCredential } from '../identity.js';
 import { isTransient, PermanentError, TransientError, toError } from '../errors.js';
 import { registerSecret, scrub, type Logger } from '../log.js';
 import { withRetry, type RetryPolicy } from '../retry.js';
@@ -22,7 +22,8 @@ export interface ServiceBusSdkRetryOptions {
   timeoutInMs?: number;
 }
 
-export type ServiceBusTarget = { connectionString: string; queueName: string } | { namespace: string; queueName: string };
+export type ServiceBusTarget =
+  { connectionString: string; queueName: string } | { namespace: string; queueName: string; azureClientId?: string };
 
 /** Codes a retry cannot fix: a missing or disabled queue, a full namespace, an oversized message. */
 const PERMANENT_CODES = new Set(['MessagingEntityNotFound', 'MessagingEntityDisabled', 'QuotaExceeded', 'MessageSizeExceeded']);
@@ -41,7 +42,16 @@ export class ServiceBusQueue implements WorkItemQueue {
   private readonly logger: Logger;
   private readonly retry: RetryPolicy;
 
-  constructor(target: ServiceBusTarget, deps: { logger: Logger; retry?: Partial<RetryPolicy>; serviceBus?: ServiceBusSdkRetryOptions }) {
+  constructor(
+    target: ServiceBusTarget,
+    deps: {
+      logger: Logger;
+      retry?: Partial<RetryPolicy>;
+      serviceBus?: ServiceBusSdkRetryOptions;
+      /** With a namespace: the credential to use instead of azureCredential() (tests pass their own). */
+      credential?: TokenCredential;
+    },
+  ) {
     this.queueName = target.queueName;
     this.logger = deps.logger.child({ queue: target.queueName, backend: 'servicebus' });
     this.retry = { ...DEFAULT_PUBLISH_RETRY, ...deps.retry };
@@ -54,7 +64,8 @@ export class ServiceBusQueue implements WorkItemQueue {
       registerSecret(/SharedAccessSignature=([^;]+)/i.exec(target.connectionString)?.[1]);
       this.client = new ServiceBusClient(target.connectionString, { retryOptions });
     } else {
-      this.client = new ServiceBusClient(host, new DefaultAzureCredential(), { retryOptions });
+      const credential = deps.credential ?? azureCredential({ azureClientId: target.azureClientId });
+      this.client = new ServiceBusClient(host, credential, { retryOptions });
     }
   }
 

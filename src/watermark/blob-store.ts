@@ -2,16 +2,17 @@
 // absence), so an operator's `watermark set` and a consolidator advancing the watermark can
 // never silently overwrite each other: the loser gets WatermarkConflictError. A single Put
 // Blob replaces the content atomically, so readers never see a torn document either.
-import { DefaultAzureCredential } from '@azure/identity';
 import {
   BlobServiceClient,
   type BlobRequestConditions,
   type BlockBlobClient,
   type ContainerClient,
+  type StoragePipelineOptions,
   type StorageRetryOptions,
 } from '@azure/storage-blob';
 import type { Config } from '../config.js';
 import type { Watermark } from '../domain.js';
+import { azureCredential, type TokenCredential } from '../identity.js';
 import { ConfigError, PermanentError, TransientError, WatermarkConflictError, WatermarkFormatError, toError } from '../errors.js';
 import { registerSecret, scrub } from '../log.js';
 import {
@@ -28,6 +29,10 @@ export type BlobWatermarkConfig = Extract<Config['watermark'], { backend: 'blob'
 export interface BlobWatermarkStoreOptions {
   /** Overrides the SDK retry policy (tests use `maxTries: 1` to fail fast against a dead endpoint). */
   retryOptions?: StorageRetryOptions;
+  /** With an account URL: the credential to use instead of azureCredential() (tests pass their own). */
+  credential?: TokenCredential;
+  /** Extra certificate authorities to trust (tests: the self-signed certificate of an HTTPS Azurite). */
+  tls?: { ca: string | Buffer };
 }
 
 /**
@@ -53,7 +58,12 @@ export class BlobWatermarkStore implements WatermarkStore {
 
   /** Builds the client from a connection string, or from an account URL with DefaultAzureCredential (managed identity). */
   static fromConfig(config: BlobWatermarkConfig, options: BlobWatermarkStoreOptions = {}): BlobWatermarkStore {
-    const clientOptions = { retryOptions: { ...DEFAULT_RETRY, ...options.retryOptions } };
+    // tlsOptions is not in StoragePipelineOptions' type, but the SDK hands its options to
+    // core-rest-pipeline's createClientPipeline, which applies it (its tlsPolicy) to every request.
+    const clientOptions: StoragePipelineOptions & { tlsOptions?: { ca: string | Buffer } } = {
+      retryOptions: { ...DEFAULT_RETRY, ...options.retryOptions },
+      ...(options.tls ? { tlsOptions: { ca: options.tls.ca } } : {}),
+    };
     let service: BlobServiceClient;
     if (config.connectionString) {
       registerConnectionStringSecrets(config.connectionString);
@@ -65,7 +75,8 @@ export class BlobWatermarkStore implements WatermarkStore {
         ]);
       }
     } else if (config.accountUrl) {
-      service = new BlobServiceClient(config.accountUrl, new DefaultAzureCredential(), clientOptions);
+      const credential = options.credential ?? azureCredential({ azureClientId: config.azureClientId });
+      service = new BlobServiceClient(config.accountUrl, credential, clientOptions);
     } else {
       throw new ConfigError(['the blob watermark store needs AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT_URL']);
     }

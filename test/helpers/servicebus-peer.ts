@@ -34,6 +34,15 @@ export interface PeerDelivery {
   outcome: 'accepted' | 'rejected';
 }
 
+/** One $cbs put-token request as the peer received it. */
+export interface CbsToken {
+  /** `jwt` for an Entra ID token (TokenCredential), `servicebus.windows.net:sastoken` for a SAS. */
+  type: unknown;
+  /** The `name` property: the entity the claim is for, e.g. `sb://127.0.0.1:<port>/work-items`. */
+  audience: unknown;
+  token: unknown;
+}
+
 export type QueuedMessageState = 'active' | 'locked' | 'completed' | 'dead-lettered';
 
 /** A snapshot of one stored message (changing it changes nothing in the peer). */
@@ -64,6 +73,11 @@ export interface QueueOptions {
 
 export interface ServiceBusPeerOptions extends QueueOptions {
   queues?: string[];
+  /**
+   * Listen with TLS (amqps, as the real namespace does) with this key and certificate. The SDK's
+   * credential constructor (namespace + TokenCredential) always speaks TLS: no emulator switch.
+   */
+  tls?: { key: string | Buffer; cert: string | Buffer };
   /** Per-queue overrides of maxDeliveryCount and lockDurationMs. */
   queueOptions?: Record<string, QueueOptions>;
   /** Announced on every attach; the SDK sizes its batches from it. Standard tier: 256 KB. */
@@ -100,6 +114,10 @@ export interface ServiceBusPeer {
   /** Every transfer on a queue link (accepted or rejected). */
   readonly deliveries: PeerDelivery[];
   readonly cbsRequests: number;
+  /** Every $cbs put-token request, in arrival order. */
+  readonly cbsTokens: CbsToken[];
+  /** `127.0.0.1:<port>`: what a namespace-and-credential client is given as its fully qualified namespace. */
+  readonly namespace: string;
   /**
    * Rejects the next `count` queue deliveries with `condition` (e.g. com.microsoft:server-busy),
    * after first accepting `skip` of them (a failure in the middle of a multi-batch publish).
@@ -326,6 +344,7 @@ export async function startServiceBusPeer(options: ServiceBusPeerOptions = {}): 
   const connections = new Set<Connection>();
   const sockets = new Set<Socket>();
   let cbsRequests = 0;
+  const cbsTokens: CbsToken[] = [];
   let reject: { count: number; skip: number; error: AmqpError } | undefined;
   let hold = 0;
   let duplicatesDropped = 0;
@@ -732,6 +751,10 @@ export async function startServiceBusPeer(options: ServiceBusPeerOptions = {}): 
     get cbsRequests() {
       return cbsRequests;
     },
+    cbsTokens,
+    get namespace() {
+      return `127.0.0.1:${peer.port}`;
+    },
     rejectNext(count, condition, options = {}) {
       const description = options.description ?? `rejected by the test peer (${condition})`;
       reject = count > 0 ? { count, skip: options.skip ?? 0, error: { condition, description } } : undefined;
@@ -965,6 +988,8 @@ export async function startServiceBusPeer(options: ServiceBusPeerOptions = {}): 
 
   function answerCbs(connection: Connection, request: DecodedMessage, delivery: Delivery): void {
     cbsRequests++;
+    const properties = request.application_properties ?? {};
+    cbsTokens.push({ type: properties.type, audience: properties.name, token: request.body });
     delivery.accept();
     const replyLink = cbsReplyLinks.get(connection);
     if (!replyLink) return;
@@ -987,6 +1012,7 @@ export async function startServiceBusPeer(options: ServiceBusPeerOptions = {}): 
     host: '127.0.0.1',
     autoaccept: false,
     sender_options: { treat_modified_as_released: false },
+    ...(options.tls ? { transport: 'tls', key: options.tls.key, cert: options.tls.cert } : {}),
   } as unknown as Parameters<typeof container.listen>[0]);
   server.on('connection', (socket: Socket) => {
     sockets.add(socket);
