@@ -459,6 +459,37 @@ describe('worker and consolidator on PostgreSQL with the Service Bus peer', () =
     }
   });
 
+  test('the vendor budget holds across workers: three workers together stay under NIVODA_GLOBAL_REQUESTS_PER_SECOND', async () => {
+    await resetDb();
+    const s = await setup(
+      { size: 3000 },
+      { ...baseEnv(), RECORDS_PER_WORKER: '1000', HEATMAP_MIN_RECORDS_PER_WORKER: '1000', NIVODA_GLOBAL_REQUESTS_PER_SECOND: '20' },
+    );
+    try {
+      await schedule(s.env);
+      s.sim.resetStats();
+      const workers = await Promise.all([1, 2, 3].map(() => startWorker(s.env, { concurrency: 2 })));
+      const summaries = await Promise.all(workers.map((w) => w.done));
+      assert.equal(summaries.flatMap((x) => x.completedRuns).length, 1);
+      const stats = s.sim.stats();
+      assert.ok(stats.requests > 60, `${stats.requests} requests: enough to measure`);
+      // Each process alone may send 1,000 requests/s; together they are spaced by the shared bucket.
+      // (A late timer can bunch two requests: one or two over the cap in a sliding second, never a burst.)
+      assert.ok(stats.maxInAnySecond <= 22, `at most ${stats.maxInAnySecond} requests in any second`);
+      const span = (Math.max(...s.sim.arrivals()) - Math.min(...s.sim.arrivals())) / 1000;
+      console.log(
+        `vendor budget 20/s, 3 workers × concurrency 2: ${stats.requests} requests in ${span.toFixed(2)} s ` +
+          `(${(stats.requests / span).toFixed(1)}/s on average), at most ${stats.maxInAnySecond} in any sliding second, ${stats.rejected429} × 429`,
+      );
+      await withDb(pg.url, async (db) => {
+        const result = compare(await rawRows(db), s.sim.snapshot());
+        assert.deepEqual([result.missing.length, result.stale.length, result.extra.length], [0, 0, 0]);
+      });
+    } finally {
+      await s.close();
+    }
+  });
+
   test('two workers finishing the last two partitions at once: one completes the run, one watermark write', async () => {
     await resetDb();
     const s = await setup({ size: 3000 }, { ...baseEnv(), RECORDS_PER_WORKER: '1500', HEATMAP_MIN_RECORDS_PER_WORKER: '1000' });
