@@ -15,6 +15,7 @@ import {
 } from './app.js';
 import type { BaseConfig, Config } from './config.js';
 import { abandonRun, getRun, listPartitions, listRuns } from './db/runs.js';
+import { listPartitionOutcomes, withOutcomes } from './db/partitions.js';
 import { ConfigError, PermanentError, toError, WatermarkFormatError } from './errors.js';
 import { readLease, releaseLease } from './lease.js';
 import { embeddedLockFile, readFileLock, releaseFileLock } from './lock-file.js';
@@ -134,7 +135,7 @@ export async function statusCommand(
   const id = checkRunId(runId);
   const { found, partitions } = await withResources(config, ctx.logger, async ({ db }) => ({
     found: await getRun(db, id),
-    partitions: await listPartitions(db, id),
+    partitions: withOutcomes(await listPartitions(db, id), await listPartitionOutcomes(db, id)),
   }));
   if (!found) throw new PermanentError(`no run ${id} is recorded`);
   ctx.out(options.json ? JSON.stringify({ ...found, partitions }, null, 2) : formatRun(found, partitions));
@@ -308,4 +309,95 @@ async function readForRepair(watermarks: WatermarkStore, logger: Logger): Promis
     logger.warn({ problem: thrown.message }, 'replacing a malformed watermark');
     return 'malformed';
   }
+}
+
+/** `worker`: consumes work items (CONTRACT §9) until stopped, or until the queue stays empty for `--idle-exit` seconds. */
+export async function workerCommand(config: Config, ctx: CommandContext, options: { concurrency?: number; idleExit?: number }) {
+  const { runWorker } = await import('./worker.js');
+  const { vendorBudget } = await import('./nivoda/budget.js');
+  const logger = ctx.logger.child({ component: 'worker' });
+  const resources = await openResources(config, logger, { holder: holderName('worker') });
+  try {
+    logger.info(
+      {
+        ...describeBackends(resources),
+        vendorBudget: `${config.worker.globalRequestsPerSecond} requests/s (${resources.db.backend === 'postgres' ? 'shared by every worker through PostgreSQL' : 'this process'})`,
+      },
+      'backends',
+    );
+    const nivoda = createNivodaClient(config.nivoda, logger, { budget: vendorBudget(resources.db, config.worker.globalRequestsPerSecond) });
+    const summary = await runWorker(
+      { db: resources.db, queue: resources.queue, watermarks: resources.watermarks, nivoda, logger, config: config.worker },
+      {
+        concurrency: options.concurrency ?? config.worker.concurrency,
+        idleExitMs: options.idleExit === undefined ? undefined : options.idleExit * 1000,
+        signal: ctx.stop,
+      },
+    );
+    logger.info({ nivoda: nivoda.stats(), ...summary }, 'worker exiting');
+  } finally {
+    await resources.close();
+  }
+}
+
+/** `worker retry <runId>`: re-queues the run's failed partitions (new message ids, so duplicate detection keeps them). */
+export async function workerRetryCommand(config: BaseConfig, { logger, out }: CommandContext, runId: string) {
+  const { failedPartitions, markRequeued } = await import('./db/partitions.js');
+  const { workItems } = await import('./scheduler.js');
+  const id = checkRunId(runId);
+  const requeued = await withResources(config, logger, async ({ db, queue }) => {
+    const failed = await failedPartitions(db, id);
+    if (failed.length === 0) return [];
+    const run = await getRun(db, id);
+    if (!run?.runType || !run.updatedTo || !run.priceField) throw new PermanentError(`run ${id} was never recorded; it has no work items`);
+    const retries = new Map(failed.map((p) => [p.partitionId, p.retries + 1]));
+    const { runType, watermarkBefore, updatedFrom, updatedTo, priceField } = run;
+    // Built from all of the run's partitions, so partitionCount stays the run's own.
+    const items = workItems(
+      id,
+      { runType, watermarkBefore, updatedFrom, updatedTo, priceField, baseQuery: run.baseQuery ?? {} },
+      await listPartitions(db, id),
+    ).filter((item) => retries.has(item.partitionId));
+    // Published first: a partition still marked failed is claimed by the worker that receives it all the same.
+    await queue.publish(items, { messageId: (item) => `${item.runId}:${item.partitionId}:retry-${retries.get(item.partitionId)}` });
+    await markRequeued(
+      db,
+      id,
+      items.map((item) => item.partitionId),
+    );
+    return items.map((item) => item.partitionId);
+  });
+  logger.info({ runId: id, requeued }, requeued.length ? 'failed partitions re-queued' : 'no failed partitions to re-queue');
+  out(
+    requeued.length
+      ? `re-queued ${requeued.length} failed partition(s) of run ${id}: ${requeued.join(', ')}`
+      : `run ${id} has no failed partitions`,
+  );
+}
+
+/** `consolidate [runId]`: completes the runs whose partitions are all done and advances the watermark; idempotent. */
+export async function consolidateCommand(
+  config: BaseConfig,
+  { logger, out }: CommandContext,
+  runId: string | undefined,
+  options: { json?: boolean },
+) {
+  const { consolidate } = await import('./consolidate.js');
+  const id = runId === undefined ? undefined : checkRunId(runId);
+  const report = await withResources(config, logger, ({ db, watermarks }) => consolidate(db, watermarks, logger, id));
+  if (options.json) {
+    out(JSON.stringify(report, null, 2));
+    return;
+  }
+  const lines = [
+    report.completed.length ? `completed: ${report.completed.join(', ')}` : 'no run became complete',
+    ...report.incomplete.map((r) => `not complete: ${r.runId} (${r.status}) partitions ${JSON.stringify(r.partitions)}`),
+    report.watermark.written
+      ? `watermark advanced to ${report.watermark.written} (run ${report.watermark.runId})`
+      : report.watermark.lastUpdatedAt
+        ? `watermark already at or past ${report.watermark.lastUpdatedAt} (run ${report.watermark.runId})`
+        : 'no completed run moves the watermark',
+  ];
+  if (report.watermark.heldBackBy) lines.push(`the watermark waits for run ${report.watermark.heldBackBy}`);
+  out(lines.join('\n'));
 }

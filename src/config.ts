@@ -103,6 +103,13 @@ const envSchema = z.object({
   SCHEDULER_LOCAL: z.enum(['0', '1'], { error: 'must be 1 (use local state in production on purpose) or 0' }).optional(),
   SCHEDULER_LOCK_TTL_SECONDS: int(1).default(300),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+
+  // The worker (CONTRACT §9).
+  WORKER_CONCURRENCY: int(1, 64).default(4),
+  WORKER_MAX_DELIVERIES: int(1, 100).default(10),
+  WORKER_LOCK_SECONDS: int(5, 3600).default(60),
+  WORKER_MAX_PASSES: int(1, 20).default(4),
+  NIVODA_GLOBAL_REQUESTS_PER_SECOND: positive.default(20),
 });
 
 export interface NivodaConfig {
@@ -152,6 +159,20 @@ export interface BaseConfig {
   dataDir: string;
   lockTtlSeconds: number;
   logLevel: z.infer<typeof envSchema>['LOG_LEVEL'];
+  worker: WorkerConfig;
+}
+
+export interface WorkerConfig {
+  /** Work items one process works at once (`--concurrency` overrides). */
+  concurrency: number;
+  /** Deliveries of one work item before it is dead-lettered; equal to the Service Bus queue's max delivery count. */
+  maxDeliveries: number;
+  /** The local queue's lease (Service Bus: the queue's lock duration); renewed while a partition is worked. */
+  lockSeconds: number;
+  /** Paging passes over one partition before its difference to the exact count is reported. */
+  maxPasses: number;
+  /** The vendor budget: every worker process together stays under this many Nivoda requests per second. */
+  globalRequestsPerSecond: number;
 }
 
 export type DatabaseConfig = BaseConfig['database'];
@@ -279,6 +300,13 @@ export function loadBaseConfig(env: Env = process.env, options: { requireNivoda?
     dataDir,
     lockTtlSeconds: e.SCHEDULER_LOCK_TTL_SECONDS,
     logLevel: e.LOG_LEVEL,
+    worker: {
+      concurrency: e.WORKER_CONCURRENCY,
+      maxDeliveries: e.WORKER_MAX_DELIVERIES,
+      lockSeconds: e.WORKER_LOCK_SECONDS,
+      maxPasses: e.WORKER_MAX_PASSES,
+      globalRequestsPerSecond: e.NIVODA_GLOBAL_REQUESTS_PER_SECOND,
+    },
   };
 }
 

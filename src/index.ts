@@ -7,6 +7,7 @@ import { Command, CommanderError, Option } from 'commander';
 import {
   abandonCommand,
   CommandFailure,
+  consolidateCommand,
   lockCommand,
   lockReleaseCommand,
   migrateCommand,
@@ -17,6 +18,8 @@ import {
   watermarkClearCommand,
   watermarkGetCommand,
   watermarkSetCommand,
+  workerCommand,
+  workerRetryCommand,
   type CommandContext,
 } from './commands.js';
 import { loadBaseConfig, loadConfig, loadDotEnv, type BaseConfig } from './config.js';
@@ -122,6 +125,28 @@ function buildProgram(setExit: (code: number) => void): Command {
     .action(action(forOperators, queuePeekCommand));
 
   program.command('migrate').description('apply the database migrations').action(action(forOperators, migrateCommand));
+
+  const worker = program
+    .command('worker')
+    .description('consume work items: fetch each partition, write its stones, consolidate finished runs')
+    .addOption(
+      new Option('--concurrency <n>', 'work items at once in this process (default WORKER_CONCURRENCY)').argParser(
+        positiveInt('--concurrency'),
+      ),
+    )
+    .addOption(
+      new Option('--idle-exit <seconds>', 'exit 0 once the queue has been empty this long (default: run until stopped)').argParser(
+        positiveInt('--idle-exit'),
+      ),
+    );
+  worker.action(action(forNivoda, workerCommand));
+  worker.command('retry <runId>').description("re-queue a run's failed partitions").action(action(forOperators, workerRetryCommand));
+
+  program
+    .command('consolidate [runId]')
+    .description('complete every run (or that run) whose partitions are all done and advance the watermark; idempotent')
+    .option('--json', 'print JSON')
+    .action(action(forOperators, consolidateCommand));
 
   program.hook('postAction', () => setExit(0));
   return program;

@@ -1,6 +1,7 @@
 // Human-readable output of the commands (stdout): the plan's partition table with its
 // density chart, and the run history. Logs go to stderr, never here.
 import { PRICE_AXIS_END } from './domain.js';
+import type { PartitionOutcome } from './db/partitions.js';
 import type { PartitionRecord, RunRecord } from './db/runs.js';
 import type { Plan } from './scheduler.js';
 
@@ -68,7 +69,7 @@ export function formatRuns(runs: RunRecord[]): string {
 }
 
 /** One run with its partitions (`status <runId>`). */
-export function formatRun(run: RunRecord, partitions: PartitionRecord[]): string {
+export function formatRun(run: RunRecord, partitions: (PartitionRecord & Partial<PartitionOutcome>)[]): string {
   const lines = [
     `run ${run.runId}: ${run.status}${run.runType ? ` (${run.runType})` : ''}`,
     `  started ${run.startedAt}${run.holder ? ` by ${run.holder}` : ''}`,
@@ -84,9 +85,17 @@ export function formatRun(run: RunRecord, partitions: PartitionRecord[]): string
     p.partitionId,
     `${money(p.priceMin)} ≤ price < ${money(p.priceMax)}`,
     String(p.expectedRecords),
+    p.fetchedRecords === undefined ? '—' : String(p.fetchedRecords),
+    p.verifiedCount === undefined || p.verifiedCount === null
+      ? '—'
+      : `${p.verifiedCount}${p.discrepancy ? ` (off by ${p.discrepancy})` : ''}`,
+    p.status ?? '—',
+    p.deliveries === undefined ? '—' : String(p.deliveries) + (p.retries ? ` (${p.retries} retries)` : ''),
     p.publishedAt ?? '—',
+    p.error ?? '',
   ]);
-  return [...lines, '', table(['partition', 'range', 'expected', 'acknowledged'], rows)].join('\n');
+  const header = ['partition', 'range', 'expected', 'fetched', 'exact count', 'status', 'deliveries', 'acknowledged', 'error'];
+  return [...lines, '', table(header, rows)].join('\n');
 }
 
 function table(header: string[], rows: string[][]): string {

@@ -6,6 +6,7 @@ import { ConfigError, NivodaAuthenticationError, NivodaGraphQLError, PermanentEr
 import { registerSecret, scrub, type Logger } from '../log.js';
 import { AUTH_DOCUMENT, COUNT_DOCUMENT, dig, MAX_SEARCH_LIMIT, SEARCH_DOCUMENT, type Offer, type SearchPage } from './documents.js';
 import type { DiamondQuery } from './query.js';
+import type { RequestLimiter } from './rate-limit.js';
 import { abortable, TokenCache } from './token.js';
 import { createTransport, TokenRejected, type NivodaStats, type Operation } from './transport.js';
 
@@ -28,16 +29,24 @@ export interface NivodaClientTuning {
   maxDelayMs?: number;
   /** Re-authenticate proactively after this age; the documented lifetime is 6 h. Default 5 h. */
   tokenMaxAgeMs?: number;
+  /** A budget shared beyond this process (the workers' vendor budget), waited on by every request. */
+  budget?: RequestLimiter;
 }
 
 export function createNivodaClient(options: NivodaConfig, logger: Logger, tuning: NivodaClientTuning = {}): NivodaClient {
   const endpoint = checkEndpoint(options.endpoint);
   registerSecret(options.password);
   const log = logger.child({ component: 'nivoda' });
-  const transport = createTransport(endpoint, options, log, {
-    baseDelayMs: tuning.baseDelayMs ?? 500,
-    maxDelayMs: tuning.maxDelayMs ?? 30_000,
-  });
+  const transport = createTransport(
+    endpoint,
+    options,
+    log,
+    {
+      baseDelayMs: tuning.baseDelayMs ?? 500,
+      maxDelayMs: tuning.maxDelayMs ?? 30_000,
+    },
+    tuning.budget,
+  );
   const stats = transport.stats;
 
   const tokens = new TokenCache(

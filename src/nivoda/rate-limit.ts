@@ -4,7 +4,13 @@
 // second, and a burst at start-up is exactly what gets a 429.
 import { setTimeout as sleep } from 'node:timers/promises';
 
-export class RequestSpacer {
+/** What a request waits on before it is sent: a per-process spacer, or the vendor budget shared by every worker. */
+export interface RequestLimiter {
+  /** Waits for this request's turn; resolves with the milliseconds waited. */
+  acquire(signal?: AbortSignal): Promise<number>;
+}
+
+export class RequestSpacer implements RequestLimiter {
   private nextSlot = 0;
   private readonly intervalMs: number;
 

@@ -8,7 +8,7 @@ import type { NivodaConfig } from '../config.js';
 import { NivodaAuthenticationError, NivodaGraphQLError, PermanentError, TransientError } from '../errors.js';
 import { scrub, type Logger } from '../log.js';
 import { parseRetryAfter, withRetry, type RetryPolicy } from '../retry.js';
-import { RequestSpacer } from './rate-limit.js';
+import { RequestSpacer, type RequestLimiter } from './rate-limit.js';
 
 export type Operation = 'authentication' | 'count' | 'search';
 
@@ -72,6 +72,8 @@ export function createTransport(
   options: NivodaConfig,
   logger: Logger,
   backoff: Pick<RetryPolicy, 'baseDelayMs' | 'maxDelayMs'>,
+  /** Waited on after this process's own cap, by every attempt (retries and authentications too). */
+  budget?: RequestLimiter,
 ): Transport {
   const limit = pLimit(options.maxConcurrency);
   const spacer = new RequestSpacer(options.maxRequestsPerSecond);
@@ -83,7 +85,7 @@ export function createTransport(
     const queuedAt = performance.now();
     return limit(async () => {
       stats.waitMs += performance.now() - queuedAt;
-      const rateWait = await spacer.acquire(signal);
+      const rateWait = (await spacer.acquire(signal)) + ((await budget?.acquire(signal)) ?? 0);
       stats.waitMs += rateWait;
       stats.rateLimitWaitMs += rateWait;
       stats.requests++;

@@ -3,7 +3,16 @@
 import type { Database } from '../db/database.js';
 import type { WorkItemMessage } from '../domain.js';
 import type { Logger } from '../log.js';
-import { stopIfAsked, toEnvelope, type LocalWorkItemQueue, type PeekedWorkItem, type PublishProgress } from './queue.js';
+import { LocalReceiver } from './local-receiver.js';
+import {
+  stopIfAsked,
+  toEnvelope,
+  type LocalWorkItemQueue,
+  type PeekedWorkItem,
+  type PublishProgress,
+  type ReceiverOptions,
+  type WorkItemReceiver,
+} from './queue.js';
 
 /** Rows per INSERT: keeps each statement's JSON parameter modest for thousands of items. */
 const CHUNK = 500;
@@ -37,7 +46,7 @@ export class LocalQueue implements LocalWorkItemQueue {
     if (items.length === 0) return { published: 0 };
     stopIfAsked(progress?.signal);
     const rows = items.map((item) => {
-      const envelope = toEnvelope(item);
+      const envelope = toEnvelope(item, progress?.messageId);
       return {
         message_id: envelope.messageId,
         subject: envelope.subject,
@@ -85,6 +94,10 @@ export class LocalQueue implements LocalWorkItemQueue {
       applicationProperties: parseJson(row.application_properties) as Record<string, string>,
       enqueuedAt: row.enqueued_at instanceof Date ? row.enqueued_at.toISOString() : String(row.enqueued_at),
     }));
+  }
+
+  openReceiver(options: ReceiverOptions): WorkItemReceiver {
+    return new LocalReceiver(this.db, options);
   }
 
   /** The database belongs to the caller, who closes it. */

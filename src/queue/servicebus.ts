@@ -14,7 +14,8 @@ import { azureCredential, type TokenCredential } from '../identity.js';
 import { isTransient, PermanentError, TransientError, toError } from '../errors.js';
 import { registerSecret, scrub, type Logger } from '../log.js';
 import { withRetry, type RetryPolicy } from '../retry.js';
-import { stopIfAsked, toEnvelope, type PublishProgress, type WorkItemQueue } from './queue.js';
+import { ServiceBusWorkItemReceiver } from './servicebus-receiver.js';
+import { stopIfAsked, toEnvelope, type PublishProgress, type ReceiverOptions, type WorkItemQueue, type WorkItemReceiver } from './queue.js';
 
 export interface ServiceBusSdkRetryOptions {
   maxRetries?: number;
@@ -156,7 +157,7 @@ export class ServiceBusQueue implements WorkItemQueue {
       await progress?.onSent?.(inBatch);
     };
     for (const item of items) {
-      const message = toServiceBusMessage(item);
+      const message = toServiceBusMessage(item, progress?.messageId);
       if (!batch.tryAddMessage(message)) {
         if (batch.count === 0) throw tooLarge(item, batch);
         await send();
@@ -168,6 +169,10 @@ export class ServiceBusQueue implements WorkItemQueue {
     }
     if (batch.count > 0) await send();
     return sent;
+  }
+
+  openReceiver(options: ReceiverOptions): WorkItemReceiver {
+    return new ServiceBusWorkItemReceiver(this.client, this.queueName, options, this.logger);
   }
 
   /** After a failure the link may be dead; the next attempt opens a fresh one. */
@@ -189,8 +194,8 @@ function tooLarge(item: WorkItemMessage, batch: ServiceBusMessageBatch): Permane
   );
 }
 
-function toServiceBusMessage(item: WorkItemMessage): ServiceBusMessage {
-  const envelope = toEnvelope(item);
+function toServiceBusMessage(item: WorkItemMessage, messageId?: (item: WorkItemMessage) => string): ServiceBusMessage {
+  const envelope = toEnvelope(item, messageId);
   return {
     messageId: envelope.messageId,
     subject: envelope.subject,
