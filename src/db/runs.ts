@@ -172,8 +172,8 @@ export async function notePublishAttempt(db: Queryable, runId: string, holder: s
 
 /**
  * Every work item is on the queue: the run and its partitions become published. A run that
- * failed after it was recorded may be published too (it is being finished). Throws RunStateError
- * for any other state.
+ * failed after it was recorded may be published too (it is being finished), and one that the
+ * workers already completed stays completed. Throws RunStateError for any other state.
  */
 export async function markPublished(db: Database, runId: string): Promise<void> {
   await db.transaction(async (tx) => {
@@ -186,7 +186,15 @@ export async function markPublished(db: Database, runId: string): Promise<void> 
        WHERE run_id = $1 AND recorded_at IS NOT NULL AND status IN ('scheduling', 'failed') RETURNING run_id`,
       [runId],
     );
-    if (rows.length === 0) throw new RunStateError(await whyNot(tx, runId, 'scheduling'));
+    if (rows.length === 0) {
+      // Workers may finish every partition before the scheduler records the run published
+      // (CONTRACT §9): then the run is already completed, which is more than published.
+      const completed = await tx.query(
+        `UPDATE run_metadata SET published_at = COALESCE(published_at, now()) WHERE run_id = $1 AND status = 'completed' RETURNING run_id`,
+        [runId],
+      );
+      if (completed.length === 0) throw new RunStateError(await whyNot(tx, runId, 'scheduling'));
+    }
     await tx.query('UPDATE run_partitions SET published_at = now() WHERE run_id = $1 AND published_at IS NULL', [runId]);
   });
 }
