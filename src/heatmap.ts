@@ -32,6 +32,7 @@ import type { HeatmapStrategy } from './config.js';
 import { PRICE_AXIS_END, type PriceBounds } from './domain.js';
 import {
   bracket,
+  windowOf,
   cutCandidates,
   minimax,
   normalisePoints,
@@ -303,6 +304,10 @@ async function seedScan(probe: Prober, total: number, options: ScanOptions): Pro
 //      partitions still fit and moves only the stretch around one that does not; a cold start
 //      begins with one run of N − 1 holes at the quantiles; a spike is an anchor a chain may use
 //      or step over, never a hole (no probe inside a one-dollar gap).
+//   3b. on a warm start whose plan is already within 1 % of the target (the usual night), the
+//      chain gives way to repairs (repairHoles): short runs of new boundaries between the
+//      furthest point a feasible prefix reaches and the nearest a feasible suffix starts from,
+//      probed as alternatives (any one fills the plan), so one night costs a few rounds at most;
 //   4. one probe per hole (the widest first, at most waveSize per round): a monotone curve in
 //      (log price, logit share) for a wide bracket, linear in price for a narrow one, and a
 //      bisection when the bracket did not halve since its last probe.
@@ -317,6 +322,14 @@ const HOLE_EFFORT = 0.5;
 const ANCHOR_SHARE = 0.5;
 /** Longest run of holes between two probed anchors that planChain considers (keeps it fast for large N). */
 const MAX_RUN = 64;
+/**
+ * Warm repairs (see repairHoles): runs of at most this many new boundaries, tried once the plan
+ * over the probed points is within this share of the ideal of the target, on plans of at least
+ * REPAIR_MIN_PARTS partitions (measured: on small plans and on cold scans the chain does better).
+ */
+const REPAIR_RUN = 3;
+const REPAIR_NEAR = 0.01;
+const REPAIR_MIN_PARTS = 10;
 
 async function quantileScan(probe: Prober, options: ScanOptions): Promise<Outcome> {
   const rules = options.partitions;
@@ -372,16 +385,25 @@ async function quantileScan(probe: Prober, options: ScanOptions): Promise<Outcom
     const room = Math.min(wave, budget - probe.queries);
     if (room <= 0) return { ...start, stopReason: 'budget' };
 
-    const holes = planChain(
-      points,
-      known,
-      total,
-      parts,
-      maxLoad,
-      min,
-      MIN_HALF_SHARE * ((maxLoad - total / parts) / 2),
-      anchorPrices(points, start.start === 'warm' ? warm!.cuts : [], parts, ANCHOR_SHARE * (maxLoad - total / parts)),
-    );
+    const near =
+      start.start === 'warm' &&
+      parts >= REPAIR_MIN_PARTS &&
+      best.partitions === parts &&
+      best.maxLoad <= maxLoad + REPAIR_NEAR * (total / parts);
+    const repairs = !near ? [] : repairHoles(points, known, total, parts, maxLoad, min, REPAIR_RUN);
+    const holes =
+      repairs.length > 0
+        ? repairs
+        : planChain(
+            points,
+            known,
+            total,
+            parts,
+            maxLoad,
+            min,
+            MIN_HALF_SHARE * ((maxLoad - total / parts) / 2),
+            anchorPrices(points, start.start === 'warm' ? warm!.cuts : [], parts, ANCHOR_SHARE * (maxLoad - total / parts)),
+          );
     const curve = new MonotoneCurve(points, total);
     const chosen: number[] = [];
     for (const hole of holes) {
@@ -566,6 +588,75 @@ function planChain(
     j = s.prevJ;
   }
   return holes.sort((a, b) => b.hi.below - b.lo.below - (a.hi.below - a.lo.below));
+}
+
+/**
+ * Repairs of a nearly feasible plan, as alternatives: any one of them meets the target. With
+ * F(k) the probed points a plan's first k partitions can end at and B(k) those its last n − k can
+ * start from (loads in [min, maxLoad]), a run of m new boundaries between the furthest point of
+ * F(i) and the nearest of B(i + m + 1) completes a plan when every one lands in its window. The
+ * ends only move outwards as points are probed, so these windows never shrink (no chasing).
+ * Cheapest option first, its holes together; empty when no option of at most maxRun holes exists.
+ */
+function repairHoles(
+  points: NormalisedPoints,
+  known: readonly CumulativePoint[],
+  total: number,
+  n: number,
+  maxLoad: number,
+  min: number,
+  maxRun: number,
+): Hole[] {
+  const counts = known.map((p) => p.below);
+  const m = counts.length;
+  const furthest = reachFrom(counts, n, min, maxLoad, (reach) => {
+    for (let j = m - 1; j >= 0; j--) if (reach[j]) return j;
+    return -1;
+  });
+  const mirrored = counts.map((_, i) => total - counts[m - 1 - i]!);
+  const nearest = reachFrom(mirrored, n, min, maxLoad, (reach) => {
+    for (let j = m - 1; j >= 0; j--) if (reach[j]) return m - 1 - j;
+    return -1;
+  }).reverse();
+  const options: Array<{ cost: number; half: number; holes: Hole[] }> = [];
+  for (let i = 0; i < n; i++) {
+    const a = furthest[i]!;
+    if (a < 0) continue;
+    for (let h = 1; h <= maxRun && i + h + 1 <= n; h++) {
+      const b = nearest[i + h + 1]!;
+      if (b < 0) continue;
+      const u = counts[a]!;
+      const v = counts[b]!;
+      if (v - u > (h + 1) * maxLoad || v - u < (h + 1) * min) continue;
+      const run = runCost(points, counts, u, v, h, maxLoad, min, 0);
+      if (run === undefined || run.cost === 0) continue;
+      const spacing = (v - u) / (h + 1);
+      options.push({ cost: run.cost, half: run.half, holes: runHoles(points, counts, u, v, h, runHalf(spacing, h, maxLoad, min)) });
+    }
+  }
+  options.sort((x, y) => x.cost - y.cost || y.half - x.half);
+  return options.flatMap((o) => o.holes);
+}
+
+/** For k = 0 … n: pick(reach) of the points a chain of k partitions with loads in [min, maxLoad] from counts[0] can end at. */
+function reachFrom(counts: readonly number[], n: number, min: number, maxLoad: number, pick: (reach: Uint8Array) => number): number[] {
+  const m = counts.length;
+  const windows = counts.map((_, j) => windowOf(counts, j, min, maxLoad));
+  let reach = new Uint8Array(m);
+  reach[0] = 1;
+  const out = [pick(reach)];
+  const prefix = new Int32Array(m + 1);
+  for (let k = 1; k <= n; k++) {
+    for (let i = 0; i < m; i++) prefix[i + 1] = prefix[i]! + reach[i]!;
+    const next = new Uint8Array(m);
+    for (let j = 1; j < m; j++) {
+      const [lo, hi] = windows[j]!;
+      if (hi >= lo && prefix[hi + 1]! - prefix[lo]! > 0) next[j] = 1;
+    }
+    reach = next;
+    out.push(pick(reach));
+  }
+  return out;
 }
 
 /**
