@@ -73,16 +73,20 @@ export async function runCommand(
   const runId = randomUUID();
   // Every line of the run carries its runId, the client's, the queue's and the failure's included.
   const logger = base.child({ runId });
-  const nivoda = createNivodaClient(config.nivoda, logger);
-  const onCount = scanProgress(progress, nivoda);
+  let nivoda: NivodaClient | undefined;
   try {
     const resources = await openForRun(config, logger, runId);
     if (!resources) return;
+    // The vendor's limit is global: the scan shares the workers' budget (they may still be busy).
+    const { vendorBudget } = await import('./nivoda/budget.js');
+    nivoda = createNivodaClient(config.nivoda, logger, { budget: vendorBudget(resources.db, config.worker.globalRequestsPerSecond) });
+    const onCount = scanProgress(progress, nivoda);
     try {
       logger.info(describeBackends(resources), 'backends');
+      const client = nivoda;
       const outcome = await withRunLock(resources, logger, runId, (lease) =>
         run(
-          { ...resources, config, nivoda, logger: base, onCount },
+          { ...resources, config, nivoda: client, logger: base, onCount },
           { ...options, runId, holder: holderName(runId), signal: AbortSignal.any([stop, lease]) },
         ),
       );
@@ -103,7 +107,7 @@ export async function runCommand(
       await resources.close();
     }
   } catch (thrown) {
-    throw new CommandFailure(thrown, logger, { nivoda: nivoda.stats() });
+    throw new CommandFailure(thrown, logger, nivoda ? { nivoda: nivoda.stats() } : {});
   }
 }
 
@@ -141,12 +145,36 @@ export async function statusCommand(
   ctx.out(options.json ? JSON.stringify({ ...found, partitions }, null, 2) : formatRun(found, partitions));
 }
 
-export async function abandonCommand(config: BaseConfig, { logger, out }: CommandContext, runId: string, options: { reason?: string }) {
+export async function abandonCommand(
+  config: BaseConfig,
+  { logger, out }: CommandContext,
+  runId: string,
+  options: { reason?: string; force?: boolean },
+) {
   const id = checkRunId(runId);
   const reason = options.reason ?? 'no reason given';
-  const before = await withResources(config, logger, ({ db }) => abandonRun(db, id, reason));
-  logger.warn({ runId: id, before, reason }, 'run abandoned by an operator: its work items are settled without fetching');
+  const { before, clearedWatermark } = await withResources(config, logger, async ({ db, watermarks }) => {
+    const run = await getRun(db, id);
+    // A recorded full run emptied the raw table: abandoning it leaves the table without the stones
+    // it would have written, and no incremental run brings back those that do not change again.
+    const emptiedRawTable = run?.runType === 'full' && run.recordedAt !== null && run.status !== 'completed' && run.status !== 'abandoned';
+    if (emptiedRawTable && !options.force) {
+      throw new PermanentError(
+        `run ${id} is a full run that emptied raw_diamonds_nivoda; abandoning it leaves the raw table incomplete. ` +
+          'Pass --force to abandon it anyway: the watermark is then cleared, so the next run is a full run again',
+      );
+    }
+    const status = await abandonRun(db, id, reason);
+    let cleared = false;
+    if (emptiedRawTable) {
+      const current = await watermarks.read().catch(() => null);
+      cleared = current ? await watermarks.clear({ ifMatch: current.etag }) : false;
+    }
+    return { before: status, clearedWatermark: cleared };
+  });
+  logger.warn({ runId: id, before, reason, clearedWatermark }, 'run abandoned by an operator: its work items are settled without fetching');
   out(before === 'abandoned' ? `run ${id} was already abandoned` : `run ${id} abandoned (was ${before})`);
+  if (clearedWatermark) out('the watermark was cleared: the next run is a full run, which fills the raw table again');
 }
 
 export async function lockCommand(config: BaseConfig, { logger, out }: CommandContext, options: { json?: boolean }) {

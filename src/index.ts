@@ -104,6 +104,7 @@ function buildProgram(setExit: (code: number) => void): Command {
     .command('abandon <runId>')
     .description("an operator's decision that a run's work items are not to be worked (workers settle them without fetching)")
     .option('--reason <text>', 'why, for the run record')
+    .option('--force', 'abandon a full run that emptied the raw table (the watermark is cleared: the next run is full)')
     .action(action(forOperators, abandonCommand));
 
   const watermark = program.command('watermark').description('read or change the watermark (operators only)');

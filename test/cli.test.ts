@@ -92,6 +92,7 @@ describe('command line, end to end', () => {
     NIVODA_USERNAME: sim.username,
     NIVODA_PASSWORD: sim.password,
     NIVODA_MAX_REQUESTS_PER_SECOND: '200',
+    NIVODA_GLOBAL_REQUESTS_PER_SECOND: '200',
   });
   const azureEnv = (container = 'watermarks') => ({
     ...nivodaEnv(),

@@ -572,6 +572,39 @@ forEachBackend('database port', [postgres, pglite], (suite) => {
     });
   });
 
+  suite.test('upgrading a database written under the earlier publishing rules: nothing old is republished', async (fixture) => {
+    const db = await fixture.fresh();
+    const earlier = await mkdtemp(path.join(os.tmpdir(), 'migrations-'));
+    try {
+      // The schema as the earlier scheduler left it: migrations 001–003 only.
+      for (const m of (await loadMigrations()).filter((m) => Number(m.version) <= 3))
+        await writeFile(path.join(earlier, `${m.id}.sql`), m.sql);
+      await migrate(db, { dir: earlier });
+      const insert = (status: string, completed: boolean) =>
+        db.query(
+          `INSERT INTO run_metadata (run_id, run_type, status, expected_workers, updated_to, price_field, published_at, completed_at, error)
+           VALUES ($1, 'full', $2, 2, now(), 'dollar_value', CASE WHEN $2 = 'published' THEN now() END, CASE WHEN $3 THEN now() END,
+                   CASE WHEN $2 = 'failed' THEN 'queue down' END) RETURNING run_id`,
+          [randomUUID(), status, completed],
+        );
+      const [failed] = await insert('failed', false);
+      const [crashed] = await insert('scheduling', false);
+      const [done] = await insert('published', true);
+      const [working] = await insert('published', false);
+      await migrate(db);
+      const status = async (row: Record<string, unknown> | undefined) => (await getRun(db, String(row?.run_id)))?.status;
+      assert.equal(await status(failed), 'abandoned');
+      assert.match((await getRun(db, String(failed?.run_id)))?.error ?? '', /^queue down; abandoned when migration 004 was applied/);
+      assert.equal(await status(crashed), 'abandoned');
+      assert.equal(await status(done), 'completed');
+      assert.equal(await status(working), 'published', "a published run's workers may still be busy");
+      assert.deepEqual(await unpublishedRuns(db), [], 'the first invocation after the upgrade republishes nothing');
+    } finally {
+      await db.close();
+      await rm(earlier, { recursive: true, force: true });
+    }
+  });
+
   suite.test('the lease lock: acquire, refuse a second holder, release, acquire again', async (fixture) => {
     const db = await recordsDb(fixture);
     const logger = createLogger({ level: 'silent' });

@@ -428,6 +428,8 @@ describe('terraform module (parsed HCL)', () => {
       assert.ok(merged.includes(key), `common_env sets ${key}`);
     assert.ok(merged.includes('azurerm_user_assigned_identity.this.client_id'));
     assert.ok(!/CONNECTION_STRING/.test(merged), 'no connection string in the environment');
+    // The worker's last allowed delivery is the queue's max delivery count, not a default that differs.
+    assert.match(merged, /WORKER_MAX_DELIVERIES\s*=\s*tostring\(var\.max_delivery_count\)/);
     for (const name of ['scheduler', 'worker']) {
       const container = one(one(instance(config, 'azurerm_container_app_job', name).template, 'template').container, 'container');
       const dynamicEnv = one((container.dynamic as Record<string, unknown>).env, `${name}.dynamic env`);

@@ -444,6 +444,7 @@ describe('managed identity: the real command line in production', async () => {
     NIVODA_USERNAME: sim.username,
     NIVODA_PASSWORD: sim.password,
     NIVODA_MAX_REQUESTS_PER_SECOND: '200',
+    NIVODA_GLOBAL_REQUESTS_PER_SECOND: '200',
   });
 
   it('run: DefaultAzureCredential gets the user-assigned identity tokens for Blob, Service Bus and PostgreSQL', async (t) => {

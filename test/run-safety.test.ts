@@ -48,6 +48,7 @@ describe('run safety on the real process', () => {
       NIVODA_USERNAME: sim.username,
       NIVODA_PASSWORD: sim.password,
       NIVODA_MAX_REQUESTS_PER_SECOND: '200',
+      NIVODA_GLOBAL_REQUESTS_PER_SECOND: '200',
       DATABASE_URL: database.url,
       AZURE_SERVICE_BUS_CONNECTION_STRING: peer.connectionString(),
       SCHEDULER_DATA_DIR: path.join(tmp, name),
@@ -346,6 +347,31 @@ describe('run safety on the real process', () => {
       assert.equal(abandoned.code, 0, abandoned.stderr);
       assert.equal((await t.runs())[0]?.status, 'abandoned');
       assert.match(String((await t.runs())[0]?.error), /abandoned by an operator: test/);
+    } finally {
+      await t.done();
+    }
+  });
+
+  it('abandoning a recorded full run needs --force and then clears the watermark, so the next run refills the raw table', async () => {
+    const t = await setup('abandon-full');
+    try {
+      const dir = path.join(tmp, 'abandon-full', 'watermarks');
+      await mkdir(dir, { recursive: true });
+      const watermarkFile = path.join(dir, 'nivoda.json');
+      await writeFile(watermarkFile, JSON.stringify({ lastUpdatedAt: new Date(Date.now() - 86_400_000).toISOString() }));
+      const full = await runCli(['run', '--full'], t.env);
+      assert.equal(full.code, 0, full.stderr);
+      const [run] = await t.runs();
+      assert.equal(run?.run_type, 'full');
+      const refused = await runCli(['abandon', String(run?.run_id)], t.env);
+      assert.equal(refused.code, 1);
+      assert.match(refused.stderr, /emptied raw_diamonds_nivoda.*--force/);
+      assert.equal((await t.runs())[0]?.status, 'published');
+      const forced = await runCli(['abandon', String(run?.run_id), '--force', '--reason', 'bad vendor data'], t.env);
+      assert.equal(forced.code, 0, forced.stderr);
+      assert.match(forced.stdout, /the watermark was cleared: the next run is a full run/);
+      assert.equal((await t.runs())[0]?.status, 'abandoned');
+      await assert.rejects(readFile(watermarkFile), /ENOENT/);
     } finally {
       await t.done();
     }

@@ -67,6 +67,12 @@ export class RunStateError extends PermanentError {
   override readonly name = 'RunStateError';
 }
 
+/**
+ * How long recording waits for the raw table's lock (workers' page transactions are short). Well
+ * under the stop deadline a SIGTERM leaves, so a stopped run still records why and frees its lease.
+ */
+const RECORD_LOCK_TIMEOUT_MS = 10_000;
+
 /** Long enough for a stack-free message with context; bounded so a huge error body cannot bloat the table. */
 const MAX_ERROR_LENGTH = 4000;
 
@@ -109,7 +115,7 @@ export async function recordRun(
   partitions: Partition[],
   options: { emptyRawTable: boolean; lockTimeoutMs?: number },
 ): Promise<void> {
-  const lockTimeoutMs = Math.max(1, Math.floor(options.lockTimeoutMs ?? 60_000));
+  const lockTimeoutMs = Math.max(1, Math.floor(options.lockTimeoutMs ?? RECORD_LOCK_TIMEOUT_MS));
   await db.transaction(async (tx) => {
     // TRUNCATE waits for an ACCESS EXCLUSIVE lock: if workers hold the table, fail the run
     // with a clear error instead of hanging while the lease keeps other schedulers out.

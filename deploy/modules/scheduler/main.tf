@@ -34,6 +34,8 @@ locals {
     WATERMARK_CONTAINER               = local.watermark_container
     AZURE_SERVICE_BUS_NAMESPACE       = local.servicebus_host
     AZURE_SERVICE_BUS_QUEUE           = local.queue_name
+    # The worker dead-letters on its last allowed delivery: the same number as the queue's.
+    WORKER_MAX_DELIVERIES = tostring(var.max_delivery_count)
   })
 }
 

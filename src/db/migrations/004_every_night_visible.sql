@@ -21,8 +21,16 @@ ALTER TABLE run_metadata ADD COLUMN base_query jsonb NULL;
 ALTER TABLE run_metadata ADD COLUMN holder text NULL;
 ALTER TABLE run_metadata ADD COLUMN publish_attempts integer NOT NULL DEFAULT 0;
 
--- Runs recorded before this migration were recorded by definition.
+-- Runs written before this migration were recorded by definition. What they became under the
+-- rules they were written with: one a consolidator completed is 'completed'; one that failed or
+-- was left 'scheduling' was, under those rules, superseded by a forced full run (the advice of
+-- the time) or marked abandoned by the next run, so it is 'abandoned' here rather than
+-- republished with its old window by the first invocation after the upgrade.
 UPDATE run_metadata SET recorded_at = started_at WHERE recorded_at IS NULL;
+UPDATE run_metadata SET status = 'completed' WHERE completed_at IS NOT NULL AND status = 'published';
+UPDATE run_metadata SET status = 'abandoned',
+    error = COALESCE(error || '; ', '') || 'abandoned when migration 004 was applied: written under the earlier publishing rules'
+  WHERE status IN ('failed', 'scheduling') AND completed_at IS NULL;
 
 ALTER TABLE run_metadata ADD CONSTRAINT run_metadata_recorded_is_complete
   CHECK (recorded_at IS NULL OR (run_type IS NOT NULL AND updated_to IS NOT NULL AND price_field IS NOT NULL));
