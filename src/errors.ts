@@ -45,6 +45,14 @@ export class StoppedError extends PermanentError {
   override readonly name = 'StoppedError';
 }
 
+/** Throws a StoppedError carrying the stop's reason once `signal` has aborted: called at safe points only. */
+export function stopIfAsked(signal: AbortSignal | undefined): void {
+  if (!signal?.aborted) return;
+  const reason: unknown = signal.reason;
+  if (reason instanceof StoppedError) throw reason;
+  throw new StoppedError(reason instanceof Error ? reason.message : String(reason), { cause: reason });
+}
+
 /** Normalises anything thrown into an Error, unwrapping the AggregateError some SDKs throw after retries. */
 export function toError(thrown: unknown): Error {
   if (thrown instanceof AggregateError && thrown.errors.length > 0) {

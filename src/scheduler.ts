@@ -23,7 +23,7 @@ import {
   type RecordedRun,
 } from './db/runs.js';
 import type { BaseFilter, Partition, PriceField, RunType, UpdatedWindow, Watermark, WorkItemMessage } from './domain.js';
-import { PermanentError, StoppedError, toError } from './errors.js';
+import { PermanentError, StoppedError, stopIfAsked, toError } from './errors.js';
 import { scanDensity, warmStartFrom } from './heatmap.js';
 import type { Logger } from './log.js';
 import type { NivodaClient } from './nivoda/client.js';
@@ -383,10 +383,6 @@ async function publishRecorded(
 function failureCause(thrown: unknown, signal: AbortSignal | undefined): string {
   if (signal?.aborted) return `stopped: ${toError(signal.reason).message}`;
   return toError(thrown).message;
-}
-
-function stopIfAsked(signal: AbortSignal | undefined): void {
-  if (signal?.aborted) throw new StoppedError(toError(signal.reason).message, { cause: signal.reason });
 }
 
 /**

@@ -1,11 +1,11 @@
 // The durable local queue: without Service Bus, work items are rows of `local_work_items`
 // in the scheduler's own database (migration 002), where `queue peek` shows them.
 import type { Database } from '../db/database.js';
+import { stopIfAsked } from '../errors.js';
 import type { WorkItemMessage } from '../domain.js';
 import type { Logger } from '../log.js';
 import { LocalReceiver } from './local-receiver.js';
 import {
-  stopIfAsked,
   toEnvelope,
   type LocalWorkItemQueue,
   type PeekedWorkItem,

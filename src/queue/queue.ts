@@ -73,11 +73,6 @@ export class LockLostError extends PermanentError {
   readonly code = 'MessageLockLost';
 }
 
-/** Throws the stop reason when `signal` has aborted: called between batches, never mid-batch. */
-export function stopIfAsked(signal: AbortSignal | undefined): void {
-  if (signal?.aborted) throw signal.reason instanceof Error ? signal.reason : new Error(String(signal.reason));
-}
-
 export interface PeekedWorkItem {
   messageId: string;
   subject: string;

@@ -11,11 +11,11 @@ import {
 } from '@azure/service-bus';
 import type { WorkItemMessage } from '../domain.js';
 import { azureCredential, type TokenCredential } from '../identity.js';
-import { isTransient, PermanentError, TransientError, toError } from '../errors.js';
+import { isTransient, PermanentError, stopIfAsked, TransientError, toError } from '../errors.js';
 import { registerSecret, scrub, type Logger } from '../log.js';
 import { withRetry, type RetryPolicy } from '../retry.js';
 import { ServiceBusWorkItemReceiver } from './servicebus-receiver.js';
-import { stopIfAsked, toEnvelope, type PublishProgress, type ReceiverOptions, type WorkItemQueue, type WorkItemReceiver } from './queue.js';
+import { toEnvelope, type PublishProgress, type ReceiverOptions, type WorkItemQueue, type WorkItemReceiver } from './queue.js';
 
 export interface ServiceBusSdkRetryOptions {
   maxRetries?: number;
