@@ -214,10 +214,17 @@ class ServiceBusFailure extends PermanentError {
 /** Translates what the SDK threw: the codes a retry cannot fix are permanent, the rest transient. */
 function classify(error: Error): Error {
   if (error instanceof PermanentError || error instanceof TransientError) return error;
+  // A bug of ours (a TypeError, say) is not the broker's hiccup: it is neither retried nor renamed.
+  if (!fromTheBroker(error)) return error;
   const reason = describe(error);
   return isServiceBusError(error) && PERMANENT_CODES.has(error.code)
     ? new ServiceBusFailure(reason, { cause: error })
     : new TransientError(reason, { cause: error });
+}
+
+/** The SDK's errors (ServiceBusError, core-amqp's MessagingError: both say whether they are retryable) and socket errors. */
+function fromTheBroker(error: Error): boolean {
+  return isServiceBusError(error) || typeof (error as { retryable?: unknown }).retryable === 'boolean' || isTransient(error);
 }
 
 /** The cause as an operator needs it: message plus the code that says what kind of failure it was. */
