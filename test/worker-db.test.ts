@@ -11,9 +11,17 @@ import { after, before, beforeEach, describe, test } from 'node:test';
 import { advanceWatermark, finishPartition } from '../src/consolidate.js';
 import type { Database } from '../src/db/database.js';
 import { migrate } from '../src/db/migrate.js';
-import { claimPartition } from '../src/db/partitions.js';
+import { claimPartition, failedPartitions } from '../src/db/partitions.js';
 import { openPostgres } from '../src/db/postgres.js';
+import { PRICE_AXIS_END, type WorkItemMessage } from '../src/domain.js';
+import type { WorkerConfig } from '../src/config.js';
 import { createLogger, type Logger } from '../src/log.js';
+import type { NivodaClient } from '../src/nivoda/client.js';
+import type { Offer, SearchPage } from '../src/nivoda/documents.js';
+import type { DiamondQuery } from '../src/nivoda/query.js';
+import type { NivodaStats } from '../src/nivoda/transport.js';
+import type { ReceivedWorkItem, WorkItemQueue } from '../src/queue/queue.js';
+import { handleDelivery } from '../src/worker.js';
 import { FileWatermarkStore } from '../src/watermark/file-store.js';
 import type { WatermarkStore } from '../src/watermark.js';
 import { createTestDatabase, type TestDatabase } from './helpers/postgres.js';
@@ -84,6 +92,91 @@ async function completeRun(db: Database, runId: string, partitionIds: string[]):
   assert.equal(completed, true, 'the last partition completed the run');
 }
 
+const WORKER_CONFIG: WorkerConfig = { concurrency: 1, maxDeliveries: 3, lockSeconds: 30, maxPasses: 2, globalRequestsPerSecond: 1000 };
+
+/** The work item the scheduler publishes for a partition of `insertRun` (one partition over the whole axis by default). */
+function workItem(runId: string, partitionId = 'partition-0', updatedTo = '2026-03-10T02:00:00.000Z'): WorkItemMessage {
+  return {
+    runId,
+    partitionId,
+    priceMin: 0,
+    priceMax: PRICE_AXIS_END,
+    expectedRecords: 0,
+    isIncremental: false,
+    priceField: 'dollar_value',
+    updatedTo,
+    partitionCount: 1,
+    query: {},
+  };
+}
+
+/**
+ * An in-memory vendor: `stones` offers in createdAt order, paged by offset; `countExtra` stones
+ * the count sees and the listing never shows (a stone paging loses); `afterSearch` runs after
+ * every page.
+ */
+function fakeVendor(stones: number) {
+  const offers: Offer[] = Array.from({ length: stones }, (_, i) => ({
+    id: `offer-${i}`,
+    price: 100_00 + i,
+    diamond: {
+      id: `d${String(i).padStart(4, '0')}`,
+      availability: 'AVAILABLE',
+      updated: '2026-03-01T00:00:00.000Z',
+      certificate: { shape: 'ROUND', carats: 1 },
+    },
+  }));
+  const vendor = {
+    countExtra: 0,
+    searches: 0,
+    afterSearch: undefined as ((n: number) => Promise<void>) | undefined,
+    client: {
+      async count(query: DiamondQuery): Promise<number> {
+        const from = query.dollar_value?.from ?? 0;
+        return offers.filter((o) => o.price / 100 >= from).length + vendor.countExtra;
+      },
+      async search(_query: DiamondQuery, page: SearchPage): Promise<{ totalCount: number; items: Offer[] }> {
+        vendor.searches++;
+        const items = offers.slice(page.offset, page.offset + page.limit);
+        await vendor.afterSearch?.(vendor.searches);
+        return { totalCount: 0, items };
+      },
+      async authenticate(): Promise<void> {},
+      stats: () => ({}) as NivodaStats,
+    } satisfies NivodaClient,
+  };
+  return vendor;
+}
+
+/** One delivery as the queue hands it over; records how it was settled. */
+function delivery(body: unknown, messageId: string, deliveryCount = 1) {
+  const settled: string[] = [];
+  const item: ReceivedWorkItem = {
+    messageId,
+    body,
+    deliveryCount,
+    lockedUntil: new Date(Date.now() + 60_000),
+    complete: async () => void settled.push('complete'),
+    abandon: async () => void settled.push('abandon'),
+    deadLetter: async (reason) => void settled.push(`dead-letter ${reason}`),
+    renewLock: async () => new Date(Date.now() + 60_000),
+  };
+  return { item, settled };
+}
+
+async function partitionRow(db: Database, runId: string, partitionId = 'partition-0') {
+  const rows = await db.query(
+    `SELECT status, error, fetched_records, verified_count, discrepancy, pass, next_offset, retries FROM run_partitions
+      WHERE run_id = $1 AND partition_id = $2`,
+    [runId, partitionId],
+  );
+  return rows[0]!;
+}
+
+async function runRow(db: Database, runId: string) {
+  return (await db.query('SELECT status, completed_at FROM run_metadata WHERE run_id = $1', [runId]))[0]!;
+}
+
 /** What `watermark set <ISO>` writes (src/commands.ts), at the time it is run. */
 async function operatorSets(store: WatermarkStore, lastUpdatedAt: string): Promise<void> {
   const current = await store.read();
@@ -114,6 +207,51 @@ describe('worker and consolidator: database paths', () => {
   });
   after(async () => {
     if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  const deps = (nivoda: NivodaClient, logger: Logger) => ({
+    db,
+    // handleDelivery settles through the delivery itself; the queue is never used.
+    queue: {} as WorkItemQueue,
+    watermarks,
+    nivoda,
+    logger,
+    config: WORKER_CONFIG,
+  });
+  const running = new AbortController().signal;
+
+  test('a partition that never verifies fails with its cause: the run is not completed, the watermark does not move; a retry delivery completes it', async () => {
+    const { logger, records } = recordingLogger();
+    const run = await insertRun(db, { updatedTo: '2026-03-10T02:00:00.000Z' });
+    // The count sees a stone that no page ever shows: paging lost it.
+    const vendor = fakeVendor(120);
+    vendor.countExtra = 1;
+    const { item, settled } = delivery(workItem(run.runId), `${run.runId}:partition-0`);
+    const handled = await handleDelivery(deps(vendor.client, logger), item, running);
+    assert.equal(handled.kind, 'dead-lettered');
+    assert.equal(handled.runCompleted, undefined);
+    assert.deepEqual(settled, ['dead-letter PartitionUnverified']);
+    const row = await partitionRow(db, run.runId);
+    assert.equal(row.status, 'failed');
+    assert.equal(row.error, 'not verified after 2 pass(es): kept 120, exact count 121');
+    assert.deepEqual([row.fetched_records, row.verified_count, row.discrepancy], [120, 121, 1]);
+    assert.deepEqual([row.pass, row.next_offset], [1, 0], 'the next delivery pages it afresh');
+    const failedLine = records().find((r) => r.msg?.toString().startsWith('partition failed: not verified'));
+    assert.equal(failedLine?.level, 'error', 'logged at error level');
+    assert.equal((await runRow(db, run.runId)).status, 'published');
+    assert.equal((await advanceWatermark(db, watermarks, logger)).decision, 'nothing-due');
+    assert.equal(await watermarks.read(), null, 'the watermark did not move');
+    assert.deepEqual(await failedPartitions(db, run.runId), [{ partitionId: 'partition-0', retries: 0 }], '`worker retry` re-queues it');
+
+    // The vendor is fixed; the retried work item completes the run.
+    vendor.countExtra = 0;
+    const retried = delivery(workItem(run.runId), `${run.runId}:partition-0:retry-1`);
+    const again = await handleDelivery(deps(vendor.client, logger), retried.item, running);
+    assert.equal(again.kind, 'done');
+    assert.equal(again.runCompleted, run.runId);
+    assert.equal((await partitionRow(db, run.runId)).status, 'done');
+    assert.equal((await runRow(db, run.runId)).status, 'completed');
+    assert.equal((await watermarks.read())?.watermark.lastRunId, run.runId);
   });
 
   describe('the watermark is written once per run, never over an operator', () => {

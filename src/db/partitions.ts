@@ -167,6 +167,37 @@ export async function markPartitionDone(tx: Queryable, claim: Claim, finish: Par
   if (rows.length === 0) throw new ClaimLostError(`${claim.partitionId} of run ${claim.runId} was claimed by another delivery`);
 }
 
+/** A partition that did not verify after its last pass: failed, so its run neither completes nor moves the watermark. */
+export class UnverifiedPartitionError extends PermanentError {
+  override readonly name = 'UnverifiedPartitionError';
+}
+
+/**
+ * The claimed partition did not verify (CONTRACT §9: its unique stones still differ from the
+ * exact count after the last pass): failed with the cause and its figures, fenced by the claim.
+ * Its paging starts over on the next delivery (`worker retry`); the stones it kept stay kept.
+ */
+export async function markPartitionUnverified(db: Queryable, claim: Claim, finish: PartitionFinish, error: string): Promise<void> {
+  const rows = await db.query(
+    `UPDATE run_partitions SET status = 'failed', finished_at = now(), fetched_records = $4, verified_count = $5,
+       discrepancy = $6, claim_token = NULL, error = $7, search_calls = search_calls + $8, count_calls = count_calls + $9,
+       pass = 1, next_offset = 0, pass_state = NULL
+     WHERE run_id = $1 AND partition_id = $2 AND claim_token = $3 AND status = 'working' RETURNING partition_id`,
+    [
+      claim.runId,
+      claim.partitionId,
+      claim.token,
+      finish.kept,
+      finish.count,
+      finish.discrepancy,
+      scrub(error).slice(0, MAX_ERROR_LENGTH),
+      finish.calls.search,
+      finish.calls.count,
+    ],
+  );
+  if (rows.length === 0) throw new ClaimLostError(`${claim.partitionId} of run ${claim.runId} was claimed by another delivery`);
+}
+
 /**
  * A delivery gave up for now (abandoned for redelivery): the partition waits for the next one,
  * with the cause shown. Only while this delivery still holds the claim.
