@@ -4,7 +4,8 @@
 // One process works up to `concurrency` items at once; any number of processes may share the
 // queue (Service Bus peek-lock, or the local queue's leases). Per delivery: validate the body
 // (a malformed one is dead-lettered with the reason); a run an operator abandoned, or a
-// partition already done, is settled without fetching; otherwise claim the partition (the
+// partition already done, is settled without fetching (one abandoned mid-way stops at its next
+// page commit, which is fenced by the run's status too, and is settled); otherwise claim the partition (the
 // claim fences out a worker whose lock was lost), resume from its committed progress, page,
 // verify, finish and consolidate in one transaction, write the watermark, and only then
 // settle. A transient failure abandons the message for redelivery; on its last allowed
@@ -24,6 +25,7 @@ import {
   keptStoneIds,
   markPartitionUnverified,
   releasePartition,
+  RunAbandonedError,
   UnverifiedPartitionError,
   type Claim,
 } from './db/partitions.js';
@@ -78,7 +80,15 @@ export interface WorkerOptions {
   deadLetterEveryMs?: number;
 }
 
-export type DeliveryOutcome = 'done' | 'settled-without-fetching' | 'abandoned' | 'dead-lettered' | 'lock-lost' | 'stopped';
+export type DeliveryOutcome =
+  | 'done'
+  | 'settled-without-fetching'
+  /** An operator abandoned the run while this delivery worked it: stopped, settled. */
+  | 'run-abandoned'
+  | 'abandoned'
+  | 'dead-lettered'
+  | 'lock-lost'
+  | 'stopped';
 
 export interface WorkerSummary {
   deliveries: number;
@@ -294,6 +304,14 @@ async function onFailure(
     logger.info({ reason: message }, 'lost the work item to another delivery; stopping without settling');
     if (error instanceof ClaimLostError) await item.complete().catch(() => {});
     return { kind: 'lock-lost' };
+  }
+  if (error instanceof RunAbandonedError) {
+    // Nothing more was written (every write is fenced by the run's status): settled, as a
+    // work item of an abandoned run is. The partition is left pending with the reason.
+    logger.info({ reason: message }, 'run abandoned by an operator while its partition was worked; stopped and settled');
+    if (claim) await releasePartition(deps.db, claim, message).catch(() => {});
+    await settle(logger, 'completing', () => item.complete());
+    return { kind: 'run-abandoned' };
   }
   if (error instanceof UnverifiedPartitionError) {
     // Already failed with its cause and figures (and logged); the message goes with it.

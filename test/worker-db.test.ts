@@ -254,6 +254,27 @@ describe('worker and consolidator: database paths', () => {
     assert.equal((await watermarks.read())?.watermark.lastRunId, run.runId);
   });
 
+  test('a run abandoned while its partition is worked: the worker stops at the next page, writes nothing more, settles the message', async () => {
+    const { logger } = recordingLogger();
+    const run = await insertRun(db, { updatedTo: '2026-03-10T02:00:00.000Z' });
+    const vendor = fakeVendor(300);
+    // The operator runs `abandon <runId>` while the second page is fetched.
+    vendor.afterSearch = async (n) => {
+      if (n === 2) await db.query(`UPDATE run_metadata SET status = 'abandoned' WHERE run_id = $1`, [run.runId]);
+    };
+    const { item, settled } = delivery(workItem(run.runId), `${run.runId}:partition-0`);
+    const handled = await handleDelivery(deps(vendor.client, logger), item, running);
+    assert.equal(handled.kind, 'run-abandoned');
+    assert.deepEqual(settled, ['complete']);
+    assert.equal(vendor.searches, 2, 'no page after the abandon');
+    const raw = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM raw_diamonds_nivoda');
+    assert.equal(raw[0]?.n, 50, 'only the page committed before the abandon');
+    const row = await partitionRow(db, run.runId);
+    assert.notEqual(row.status, 'working');
+    assert.notEqual(row.status, 'done');
+    assert.equal((await runRow(db, run.runId)).status, 'abandoned');
+  });
+
   describe('the watermark is written once per run, never over an operator', () => {
     test('a rewind (`watermark set`) after the run’s watermark was written stands through later consolidations', async () => {
       const { logger } = recordingLogger();
