@@ -27,6 +27,7 @@ import { formatPlan, formatRun, formatRuns } from './report.js';
 import { withRetry } from './retry.js';
 import { plan, run, scanHistory, type ScanHistory } from './scheduler.js';
 import type { Watermark } from './domain.js';
+import type { WatermarkAdvance } from './consolidate.js';
 import { unchangedSince, watermarkProblems, type StoredWatermark, type WatermarkStore } from './watermark.js';
 
 export interface CommandContext {
@@ -403,6 +404,21 @@ export async function workerRetryCommand(config: BaseConfig, { logger, out }: Co
   );
 }
 
+function watermarkLine(w: WatermarkAdvance): string {
+  switch (w.decision) {
+    case 'written':
+      return `watermark advanced to ${w.written} (run ${w.runId})`;
+    case 'already-past':
+      return `watermark already at or past ${w.lastUpdatedAt} (run ${w.runId})`;
+    case 'already-written':
+      return `watermark already written for run ${w.runId} (${w.lastUpdatedAt}); a later operator change stands`;
+    case 'operator-changed':
+      return `watermark left as an operator changed it after run ${w.runId} started (not moved to ${w.lastUpdatedAt})`;
+    case 'nothing-due':
+      return 'no completed run moves the watermark';
+  }
+}
+
 /** `consolidate [runId]`: completes the runs whose partitions are all done and advances the watermark; idempotent. */
 export async function consolidateCommand(
   config: BaseConfig,
@@ -420,11 +436,7 @@ export async function consolidateCommand(
   const lines = [
     report.completed.length ? `completed: ${report.completed.join(', ')}` : 'no run became complete',
     ...report.incomplete.map((r) => `not complete: ${r.runId} (${r.status}) partitions ${JSON.stringify(r.partitions)}`),
-    report.watermark.written
-      ? `watermark advanced to ${report.watermark.written} (run ${report.watermark.runId})`
-      : report.watermark.lastUpdatedAt
-        ? `watermark already at or past ${report.watermark.lastUpdatedAt} (run ${report.watermark.runId})`
-        : 'no completed run moves the watermark',
+    watermarkLine(report.watermark),
   ];
   if (report.watermark.heldBackBy) lines.push(`the watermark waits for run ${report.watermark.heldBackBy}`);
   out(lines.join('\n'));

@@ -10,15 +10,18 @@
 // after it): the watermark never jumps over a run that is still worked, failed or failing,
 // whose stones would otherwise never be fetched. The write is conditional on the version read
 // (a concurrent writer makes it re-read and decide again) and never moves the watermark back.
-// Afterwards the runs it covers get `watermark_written_at`; `consolidate` repeats both halves,
-// idempotently, to repair a crash in between.
+// It is made once per run: afterwards the runs it covers get `watermark_written_at`, and a
+// run that has it is never written again, so an operator's later `watermark set` (a rewind to
+// re-fetch) or `watermark clear` stands; so does one made while the run was being worked (a
+// `watermark set` after the run started, or a cleared watermark under an incremental run).
+// `consolidate` repeats both halves, idempotently, to repair a crash in between.
 import { iso, type Database, type Queryable } from './db/database.js';
 import { markPartitionDone, type Claim, type PartitionFinish } from './db/partitions.js';
 import type { RunStatus } from './db/runs.js';
 import { WatermarkConflictError } from './errors.js';
 import type { Logger } from './log.js';
 import { withRetry } from './retry.js';
-import type { WatermarkStore } from './watermark.js';
+import type { StoredWatermark, WatermarkStore } from './watermark.js';
 
 /** Run states from which a run whose partitions are all done may be completed: recorded, and not abandoned. */
 const COMPLETABLE: readonly RunStatus[] = ['scheduling', 'published', 'failed'];
@@ -50,6 +53,12 @@ async function completeIfAllDone(tx: Queryable, runId: string): Promise<boolean>
 export interface WatermarkAdvance {
   /** The watermark written now, or null when it was already there (or nothing is due). */
   written: string | null;
+  /**
+   * What was decided for the due run: written now; already written (or found past) by an
+   * earlier consolidation, so left alone whatever the watermark says now; found at or past its
+   * updatedTo; left as an operator changed it after the run started; nothing due.
+   */
+  decision: 'written' | 'already-written' | 'already-past' | 'operator-changed' | 'nothing-due';
   /** The run whose updatedTo the watermark now stands at, if any run is due. */
   runId: string | null;
   lastUpdatedAt: string | null;
@@ -63,11 +72,15 @@ interface RunRow {
   status: RunStatus;
   updatedTo: string;
   completedAt: string | null;
+  startedAt: string;
+  /** The watermark the run started from (incremental runs only). */
+  watermarkBefore: string | null;
+  watermarkWrittenAt: string | null;
 }
 
 async function recordedRuns(db: Queryable): Promise<RunRow[]> {
   const rows = await db.query(
-    `SELECT run_id, run_type, status, updated_to, completed_at FROM run_metadata
+    `SELECT run_id, run_type, status, updated_to, completed_at, started_at, watermark_before, watermark_written_at FROM run_metadata
       WHERE recorded_at IS NOT NULL AND status <> 'abandoned'
       ORDER BY started_at, run_id`,
   );
@@ -77,13 +90,16 @@ async function recordedRuns(db: Queryable): Promise<RunRow[]> {
     status: row.status as RunStatus,
     updatedTo: iso(row.updated_to),
     completedAt: row.completed_at ? iso(row.completed_at) : null,
+    startedAt: iso(row.started_at),
+    watermarkBefore: row.watermark_before ? iso(row.watermark_before) : null,
+    watermarkWrittenAt: row.watermark_written_at ? iso(row.watermark_written_at) : null,
   }));
 }
 
 /** The newest completed run not preceded by a run that is still open (a completed full run covers what came before it). */
-export function watermarkTarget(runs: readonly RunRow[]): { due: RunRow | null; heldBackBy: RunRow | null } {
-  let due: RunRow | null = null;
-  let open: RunRow | null = null;
+export function watermarkTarget<R extends Pick<RunRow, 'runType' | 'status'>>(runs: readonly R[]): { due: R | null; heldBackBy: R | null } {
+  let due: R | null = null;
+  let open: R | null = null;
   for (const run of runs) {
     if (run.status === 'completed') {
       if (run.runType === 'full') open = null;
@@ -95,50 +111,86 @@ export function watermarkTarget(runs: readonly RunRow[]): { due: RunRow | null; 
   return { due, heldBackBy: open };
 }
 
+/** `watermark set` writes this lastRunId (src/commands.ts). */
+const OPERATOR_RUN_ID = 'manual';
+
+/**
+ * Why the stored watermark must be left as it is for `due` although it is earlier: an operator
+ * changed it after the run started (a rewind to re-fetch, or a clear under an incremental run,
+ * which started from a watermark that is now gone). Null when the run's write may go ahead.
+ */
+function operatorChange(due: RunRow, stored: StoredWatermark | null): string | null {
+  if (!stored) return due.watermarkBefore !== null ? 'the watermark was cleared after the run started' : null;
+  const { lastRunId, lastRunCompletedAt } = stored.watermark;
+  if (lastRunId === OPERATOR_RUN_ID && lastRunCompletedAt !== undefined && Date.parse(lastRunCompletedAt) >= Date.parse(due.startedAt))
+    return `an operator set the watermark at ${lastRunCompletedAt}, after the run started`;
+  return null;
+}
+
 /**
  * Moves the watermark to where the completed runs allow (see the top of this file): read,
- * compare, write conditionally on what was read; a conflict re-reads and decides again.
+ * compare, write conditionally on what was read; a conflict re-reads and decides again. A run
+ * whose watermark was written (or found past) before is never written again.
  */
 export async function advanceWatermark(db: Queryable, watermarks: WatermarkStore, logger: Logger): Promise<WatermarkAdvance> {
   const { due, heldBackBy } = watermarkTarget(await recordedRuns(db));
   if (heldBackBy) {
     logger.debug({ heldBackBy: heldBackBy.runId, status: heldBackBy.status }, 'the watermark waits for an earlier run');
   }
-  if (!due) return { written: null, runId: null, lastUpdatedAt: null, heldBackBy: heldBackBy?.runId ?? null };
-  const written = await withRetry(
-    async () => {
-      const stored = await watermarks.read();
-      const current = stored?.watermark.lastUpdatedAt;
-      // Never backwards: an operator (or another consolidator) may already have moved it further.
-      if (current !== undefined && Date.parse(current) >= Date.parse(due.updatedTo)) return null;
-      const watermark = {
-        lastUpdatedAt: due.updatedTo,
-        lastRunId: due.runId,
-        lastRunCompletedAt: due.completedAt ?? new Date().toISOString(),
-      };
-      await watermarks.write(watermark, stored ? { ifMatch: stored.etag } : { ifNoneMatch: '*' });
-      logger.info(
-        { before: current ?? null, after: due.updatedTo, lastRunId: due.runId, location: watermarks.location },
-        'watermark advanced',
-      );
-      return due.updatedTo;
-    },
-    {
-      attempts: 5,
-      baseDelayMs: 50,
-      maxDelayMs: 1000,
-      retryable: (err) => err instanceof WatermarkConflictError,
-      onRetry: ({ attempt, error }) =>
-        logger.info({ attempt, reason: (error as Error).message }, 'the watermark changed meanwhile; deciding again'),
-    },
-  );
-  // Every completed run up to the one the watermark now covers has had its watermark written.
+  const held = heldBackBy?.runId ?? null;
+  if (!due) return { written: null, decision: 'nothing-due', runId: null, lastUpdatedAt: null, heldBackBy: held };
+  let decision: WatermarkAdvance['decision'] = 'already-written';
+  let written: string | null = null;
+  if (due.watermarkWrittenAt === null) {
+    [decision, written] = await withRetry(
+      async (): Promise<[WatermarkAdvance['decision'], string | null]> => {
+        const stored = await watermarks.read();
+        const current = stored?.watermark.lastUpdatedAt;
+        // Never backwards: an operator (or another consolidator) may already have moved it further.
+        if (current !== undefined && Date.parse(current) >= Date.parse(due.updatedTo)) return ['already-past', null];
+        const change = operatorChange(due, stored);
+        if (change) {
+          logger.warn(
+            {
+              runId: due.runId,
+              stored: stored?.watermark ?? null,
+              runUpdatedTo: due.updatedTo,
+              why: change,
+              location: watermarks.location,
+            },
+            'watermark left as the operator changed it; not written for this run',
+          );
+          return ['operator-changed', null];
+        }
+        const watermark = {
+          lastUpdatedAt: due.updatedTo,
+          lastRunId: due.runId,
+          lastRunCompletedAt: due.completedAt ?? new Date().toISOString(),
+        };
+        await watermarks.write(watermark, stored ? { ifMatch: stored.etag } : { ifNoneMatch: '*' });
+        logger.info(
+          { before: current ?? null, after: due.updatedTo, lastRunId: due.runId, location: watermarks.location },
+          'watermark advanced',
+        );
+        return ['written', due.updatedTo];
+      },
+      {
+        attempts: 5,
+        baseDelayMs: 50,
+        maxDelayMs: 1000,
+        retryable: (err) => err instanceof WatermarkConflictError,
+        onRetry: ({ attempt, error }) =>
+          logger.info({ attempt, reason: (error as Error).message }, 'the watermark changed meanwhile; deciding again'),
+      },
+    );
+  }
+  // Every completed run up to the one the watermark now covers has had its decision: never again.
   await db.query(
     `UPDATE run_metadata SET watermark_written_at = now()
       WHERE status = 'completed' AND watermark_written_at IS NULL AND updated_to <= $1::timestamptz`,
     [due.updatedTo],
   );
-  return { written, runId: due.runId, lastUpdatedAt: due.updatedTo, heldBackBy: heldBackBy?.runId ?? null };
+  return { written, decision, runId: due.runId, lastUpdatedAt: due.updatedTo, heldBackBy: held };
 }
 
 export interface ConsolidationReport {

@@ -4,18 +4,26 @@
 // the last committed page.
 //
 // Offset paging over a live inventory shifts: a listing that leaves the result list (updated
-// after the window, repriced out of the range, removed) before the cursor makes the next page
-// skip a stone, one that enters it makes a page repeat one. So a pass pages until an EMPTY page
-// (a short page is not the end), keeps what is in range, dedupes by diamond.id, and is then
-// checked against the exact count. Counts alone cannot prove a pass complete (a stone removed
-// behind the cursor makes the next page skip one: the pass's unique stones still equal the
-// count), so consecutive pages overlap by one stone: a page that does not begin with the last
-// stone of the one before shows that the listing shifted, and that pass cannot verify the
-// partition. A pass that does not verify is followed by another from offset 0; what a pass
-// finds that no earlier pass kept is new, and the partition is verified when the first pass
-// was undisturbed and its unique stones match the count both before and after it, or when a
-// later whole pass finds nothing new and its unique stones match the count taken right after. Passes are bounded;
-// a partition still off after the last one is reported with its difference, never silently.
+// after the window, repriced out of the range, removed) before the cursor moves every later
+// stone one place forward, one that enters it moves them back (a page repeats a stone). So a
+// pass pages until an EMPTY page (a short page is not the end), keeps what is in range, dedupes
+// by diamond.id, and is then checked against the exact count. Counts alone cannot prove a pass
+// complete (two listings removed behind the cursor and two added at the end leave the count as
+// it was while a stone was skipped), so consecutive pages overlap by one stone: the next page
+// starts at the previous page's last stone, and a page that does not begin with it shows that
+// the listing shifted, so that pass cannot verify the partition. With the overlap a single
+// removal between two page fetches skips nothing (the stone after the overlap stone moves onto
+// the next page's first place); it takes two or more between two fetches to skip one. A pass
+// that does not verify is followed by another from offset 0; what a pass finds that no earlier
+// pass kept is new, and the partition is verified when the first pass was undisturbed and its
+// unique stones match the count both before and after it, or when a later whole pass finds
+// nothing new and its unique stones match the count taken right after. A pass also ends
+// (disturbed, unverifiable) when its offset passes the count it began with plus slack, or after
+// a few pages in a row that show nothing new: a vendor that clamps the offset or repeats its last
+// page would otherwise be paged forever. Passes are bounded; a partition still unverified after
+// the last one is reported with its `discrepancy` (the exact count minus the last pass's unique
+// stones: not the number of stones missing, since stones read and then gone lower it and can
+// hide a skipped one) and fails (src/worker.ts), never silently.
 import type { PriceField, WorkItemMessage } from './domain.js';
 import { PRICE_AXIS_END } from './domain.js';
 import type { Offer, SearchOrder } from './nivoda/documents.js';
@@ -57,6 +65,13 @@ export interface PassProgress {
   uncheckedStep: boolean;
   /** The listing shifted around the cursor during this pass (an overlap that did not match). */
   disturbed: boolean;
+  /** Pages in a row (up to now) that brought no stone this pass had not seen: a vendor repeating a page. */
+  stalePages: number;
+  /**
+   * The pass was ended by the paging bound (see `pagingLimit`), not by an empty page: it is
+   * disturbed and cannot verify, whatever its counts say.
+   */
+  cutShort: boolean;
 }
 
 export const FRESH_PROGRESS: PassProgress = {
@@ -69,7 +84,21 @@ export const FRESH_PROGRESS: PassProgress = {
   overlapId: null,
   uncheckedStep: false,
   disturbed: false,
+  stalePages: 0,
+  cutShort: false,
 };
+
+/** Pages in a row with nothing new for the pass after which the pass ends (a vendor repeating its last page). */
+export const MAX_STALE_PAGES = 3;
+
+/**
+ * The offset past which a pass stops paging: the count it began with plus slack for listings
+ * that join while it pages. A vendor that clamps the offset (or keeps returning stones) would
+ * otherwise be paged forever, since only an empty page ends a pass.
+ */
+export function pagingLimit(countBefore: number): number {
+  return countBefore + Math.max(500, Math.ceil(countBefore / 4));
+}
 
 export interface PartitionSource {
   search(query: DiamondQuery, page: { offset: number; limit: number; order: SearchOrder }): Promise<Offer[]>;
@@ -106,8 +135,14 @@ export interface FetchOutcome {
   lastPassUnique: number;
   /** Unique stones kept over all passes. */
   kept: number;
-  /** count − lastPassUnique when not verified (0 when verified). */
+  /**
+   * count − lastPassUnique when not verified (0 when verified). Not the number of missing
+   * stones: stones read and then gone make it smaller (and can hide a skipped one, so a
+   * skipped stone may show as 0 or less); stones that joined after the cursor passed make it larger.
+   */
   discrepancy: number;
+  /** Passes ended by the paging bound (a vendor repeating pages, or an endless listing). */
+  cutShortPasses: number;
   calls: { search: number; count: number };
 }
 
@@ -162,8 +197,22 @@ export async function fetchPartition(
     progress.countBefore = await exactCount();
     await commit([]);
   }
+  let cutShortPasses = 0;
+  // Every stone a page of this pass showed (in range or not) in this delivery: a page that shows
+  // nothing else is stale. After a resume it starts from the pass's kept stones only, which can
+  // only delay the stale count.
+  let passShown = new Set(passSeen);
   for (;;) {
     for (;;) {
+      const limit = pagingLimit(progress.countBefore ?? 0);
+      if (progress.nextOffset > limit || progress.stalePages >= MAX_STALE_PAGES) {
+        // The vendor keeps returning stones where the listing should have ended: this pass ends
+        // here, disturbed (it cannot verify), and the next one (if any) starts over.
+        progress.disturbed = true;
+        progress.cutShort = true;
+        await commit([]);
+        break;
+      }
       stopIfAsked(options.signal);
       const page = await source.search(listing, { offset: progress.nextOffset, limit: MAX_SEARCH_LIMIT, order: PARTITION_ORDER });
       calls.search++;
@@ -188,8 +237,13 @@ export async function fetchPartition(
       if ((expected !== null && !overlapped) || progress.uncheckedStep) progress.disturbed = true;
       const items: Offer[] = [];
       const onPage = new Set<string>();
+      let shownBefore = true;
       for (const offer of overlapped ? page.slice(1) : page) {
         const id = offer.diamond.id;
+        if (!passShown.has(id)) {
+          passShown.add(id);
+          shownBefore = false;
+        }
         if (!inPartition(offer, spec) || onPage.has(id)) continue;
         onPage.add(id);
         items.push(offer);
@@ -202,6 +256,7 @@ export async function fetchPartition(
           progress.newInPass++;
         }
       }
+      progress.stalePages = shownBefore ? progress.stalePages + 1 : 0;
       // By the items received, not by `limit` (a short page mid-stream is not the end), less
       // one: the next page overlaps this one by its last stone, which detects a shift.
       if (page.length >= 2) {
@@ -216,10 +271,12 @@ export async function fetchPartition(
       await commit(items);
     }
     const count = await exactCount();
+    if (progress.cutShort) cutShortPasses++;
     const verified =
-      progress.pass === 1
+      !progress.cutShort &&
+      (progress.pass === 1
         ? !progress.disturbed && progress.countBefore === count && progress.seen === count
-        : !progress.resumed && progress.newInPass === 0 && progress.seen === count;
+        : !progress.resumed && progress.newInPass === 0 && progress.seen === count);
     if (verified || progress.pass >= maxPasses) {
       return {
         verified,
@@ -228,11 +285,13 @@ export async function fetchPartition(
         lastPassUnique: progress.seen,
         kept: kept.size,
         discrepancy: verified ? 0 : count - progress.seen,
+        cutShortPasses,
         calls: { ...calls },
       };
     }
     progress = { ...FRESH_PROGRESS, pass: progress.pass + 1, countBefore: count };
     passSeen = new Set();
+    passShown = new Set();
     await commit([]);
   }
 }

@@ -4,7 +4,8 @@
 // One process works up to `concurrency` items at once; any number of processes may share the
 // queue (Service Bus peek-lock, or the local queue's leases). Per delivery: validate the body
 // (a malformed one is dead-lettered with the reason); a run an operator abandoned, or a
-// partition already done, is settled without fetching; otherwise claim the partition (the
+// partition already done, is settled without fetching (one abandoned mid-way stops at its next
+// page commit, which is fenced by the run's status too, and is settled); otherwise claim the partition (the
 // claim fences out a worker whose lock was lost), resume from its committed progress, page,
 // verify, finish and consolidate in one transaction, write the watermark, and only then
 // settle. A transient failure abandons the message for redelivery; on its last allowed
@@ -16,7 +17,18 @@ import { z } from 'zod';
 import type { WorkerConfig } from './config.js';
 import { advanceWatermark, consolidate, finishPartition } from './consolidate.js';
 import type { Database } from './db/database.js';
-import { claimPartition, ClaimLostError, commitPage, failPartition, keptStoneIds, releasePartition, type Claim } from './db/partitions.js';
+import {
+  claimPartition,
+  ClaimLostError,
+  commitPage,
+  failPartition,
+  keptStoneIds,
+  markPartitionUnverified,
+  releasePartition,
+  RunAbandonedError,
+  UnverifiedPartitionError,
+  type Claim,
+} from './db/partitions.js';
 import { PRICE_FIELDS, type WorkItemMessage } from './domain.js';
 import { isTransient, toError } from './errors.js';
 import { fetchPartition, type FetchOutcome, type PageCommit, type PartitionSource } from './fetch-partition.js';
@@ -68,7 +80,15 @@ export interface WorkerOptions {
   deadLetterEveryMs?: number;
 }
 
-export type DeliveryOutcome = 'done' | 'settled-without-fetching' | 'abandoned' | 'dead-lettered' | 'lock-lost' | 'stopped';
+export type DeliveryOutcome =
+  | 'done'
+  | 'settled-without-fetching'
+  /** An operator abandoned the run while this delivery worked it: stopped, settled. */
+  | 'run-abandoned'
+  | 'abandoned'
+  | 'dead-lettered'
+  | 'lock-lost'
+  | 'stopped';
 
 export interface WorkerSummary {
   deliveries: number;
@@ -285,6 +305,19 @@ async function onFailure(
     if (error instanceof ClaimLostError) await item.complete().catch(() => {});
     return { kind: 'lock-lost' };
   }
+  if (error instanceof RunAbandonedError) {
+    // Nothing more was written (every write is fenced by the run's status): settled, as a
+    // work item of an abandoned run is. The partition is left pending with the reason.
+    logger.info({ reason: message }, 'run abandoned by an operator while its partition was worked; stopped and settled');
+    if (claim) await releasePartition(deps.db, claim, message).catch(() => {});
+    await settle(logger, 'completing', () => item.complete());
+    return { kind: 'run-abandoned' };
+  }
+  if (error instanceof UnverifiedPartitionError) {
+    // Already failed with its cause and figures (and logged); the message goes with it.
+    await settle(logger, 'dead-lettering', () => item.deadLetter('PartitionUnverified', message));
+    return { kind: 'dead-lettered' };
+  }
   if (stop.aborted) {
     if (claim) await releasePartition(deps.db, claim, `stopped: ${message}`).catch(() => {});
     await settle(logger, 'abandoning', () => item.abandon());
@@ -361,18 +394,31 @@ async function workPartition(
       signal: AbortSignal.any([stop, lockLost]),
     },
   );
+  const finish = { kept: outcome.kept, count: outcome.count, discrepancy: outcome.discrepancy, calls: delta(outcome.calls) };
   if (!outcome.verified) {
-    logger.warn(
-      { passes: outcome.passes, count: outcome.count, lastPassUnique: outcome.lastPassUnique, discrepancy: outcome.discrepancy },
-      'partition done with a difference to the exact count (the listing kept changing); reported on the partition row',
+    // A stone may be lost (a skipped stone can even show as a discrepancy ≤ 0): the run must
+    // not complete past it. Failed, so `worker retry` pages it again.
+    const cause =
+      `not verified after ${outcome.passes} pass(es): kept ${outcome.lastPassUnique}, exact count ${outcome.count}` +
+      (outcome.cutShortPasses > 0
+        ? `; ${outcome.cutShortPasses} pass(es) ended by the paging bound (the vendor kept returning stones past the listing's end)`
+        : '');
+    await markPartitionUnverified(db, claim, finish, cause);
+    logger.error(
+      {
+        passes: outcome.passes,
+        count: outcome.count,
+        lastPassUnique: outcome.lastPassUnique,
+        kept: outcome.kept,
+        discrepancy: outcome.discrepancy,
+        cutShortPasses: outcome.cutShortPasses,
+        cause,
+      },
+      'partition failed: not verified against the exact count (`worker retry <runId>` pages it again)',
     );
+    throw new UnverifiedPartitionError(cause);
   }
-  const { runCompleted } = await finishPartition(db, claim, {
-    kept: outcome.kept,
-    count: outcome.count,
-    discrepancy: outcome.discrepancy,
-    calls: delta(outcome.calls),
-  });
+  const { runCompleted } = await finishPartition(db, claim, finish);
   logger.info(
     {
       kept: outcome.kept,

@@ -45,6 +45,8 @@ class FakeSource implements PartitionSource {
   counts = 0;
   afterSearch: ((n: number) => void) | undefined;
   shortPages = false;
+  /** A vendor that clamps the offset: past the end it returns the last page again, never an empty one. */
+  repeatLastPage = false;
   constructor(public stones: Stone[]) {}
 
   /** The partition's own listing now, in order. */
@@ -76,7 +78,11 @@ class FakeSource implements PartitionSource {
     assert.deepEqual(page.order, PARTITION_ORDER);
     assert.ok(page.limit <= 50);
     this.searches++;
-    let rows = this.matching(query).slice(page.offset, page.offset + page.limit);
+    // A fetch that never ends would hang the test: fail it instead.
+    if (this.searches > 5000) throw new Error('paged forever: 5000 searches');
+    const all = this.matching(query);
+    let rows = all.slice(page.offset, page.offset + page.limit);
+    if (this.repeatLastPage && rows.length === 0 && all.length > 0) rows = all.slice(Math.max(0, all.length - page.limit));
     // A prefix, never empty: only an empty page ends the listing.
     if (this.shortPages && rows.length > 3 && this.searches % 3 === 0) rows = rows.slice(0, 2);
     const result = rows.map(offerOf);
@@ -275,6 +281,60 @@ describe('fetchPartition', () => {
     assert.equal(outcome.passes, 3);
     assert.equal(outcome.discrepancy, outcome.count - outcome.lastPassUnique);
     assert.notEqual(outcome.discrepancy, 0);
+  });
+
+  test('a vendor that repeats its last page instead of an empty one: every pass ends, the partition is reported unverified', async () => {
+    const source = new FakeSource(inventory(400));
+    source.repeatLastPage = true;
+    const s = spec();
+    const rec = recorder();
+    const want = expected(source, s);
+    const outcome = await fetchPartition(s, source, rec.commit, { maxPasses: 2 });
+    assert.equal(outcome.verified, false);
+    assert.equal(outcome.passes, 2);
+    assert.equal(outcome.cutShortPasses, 2);
+    // The stones were all kept; only the end of the listing could not be seen.
+    assert.deepEqual(rec.ids(), want);
+    const pages = Math.ceil(want.length / 49);
+    assert.ok(source.searches <= 2 * (pages + 1 + 3), `${source.searches} searches for ${pages} pages a pass`);
+    const last = rec.commits.at(-1)!.progress;
+    assert.equal(last.cutShort, true);
+    assert.equal(last.disturbed, true);
+  });
+
+  test('a vendor that never stops returning new stones: a pass ends at its count plus slack', async () => {
+    const source = new FakeSource(inventory(200));
+    const s = spec();
+    let next = 0;
+    // Every search, 60 stones join the end of the listing: an endless stream ahead of the cursor.
+    source.afterSearch = () => {
+      for (let i = 0; i < 60; i++, next++)
+        source.stones.push({ id: `e${next}`, priceCents: 150_00, carats: 1, createdMs: T0 + 1e9 + next, updatedMs: T0 + 7 });
+    };
+    const rec = recorder();
+    const outcome = await fetchPartition(s, source, rec.commit, { maxPasses: 1 });
+    assert.equal(outcome.verified, false);
+    assert.equal(outcome.cutShortPasses, 1);
+    const countBefore = rec.commits[0]!.progress.countBefore!;
+    assert.ok(countBefore > 50);
+    // The bound: the count the pass began with plus max(500, 25 %), then at most one page past it.
+    assert.ok(source.searches <= Math.ceil((countBefore + 500) / 49) + 2, `${source.searches} searches`);
+  });
+
+  test('a pass resumed past its bound (committed progress) ends at once, unverified', async () => {
+    const source = new FakeSource(inventory(300));
+    source.repeatLastPage = true;
+    const s = spec();
+    const want = expected(source, s);
+    const rec = recorder();
+    const outcome = await fetchPartition(s, source, rec.commit, {
+      kept: want,
+      progress: { ...FRESH_PROGRESS, pass: 1, nextOffset: want.length + 600, countBefore: want.length, seen: want.length },
+      maxPasses: 1,
+    });
+    assert.equal(outcome.verified, false, 'resumed beyond the bound: the pass ends at once');
+    assert.equal(outcome.cutShortPasses, 1);
+    assert.equal(source.searches, 0);
   });
 
   test('the last partition counts once per verification and keeps stones far above the scan ceiling', async () => {

@@ -24,6 +24,21 @@ export class ClaimLostError extends PermanentError {
   override readonly name = 'ClaimLostError';
 }
 
+/** An operator abandoned the run while this delivery worked it: stop, settle the message, write nothing more. */
+export class RunAbandonedError extends PermanentError {
+  override readonly name = 'RunAbandonedError';
+}
+
+/** Part of every fenced write: the run is not abandoned (`abandon <runId>` stops a partition mid-way). */
+const RUN_NOT_ABANDONED = `EXISTS (SELECT 1 FROM run_metadata m WHERE m.run_id = $1 AND m.status <> 'abandoned')`;
+
+/** A fenced write changed nothing: the run was abandoned, or another delivery holds the claim. */
+async function fenceFailure(db: Queryable, claim: Claim): Promise<Error> {
+  const runs = await db.query<{ status: RunStatus }>('SELECT status FROM run_metadata WHERE run_id = $1', [claim.runId]);
+  if (runs[0]?.status === 'abandoned') return new RunAbandonedError(`run ${claim.runId} was abandoned by an operator`);
+  return new ClaimLostError(`${claim.partitionId} of run ${claim.runId} was claimed by another delivery`);
+}
+
 export interface Claim {
   runId: string;
   partitionId: string;
@@ -112,7 +127,7 @@ export async function commitPage(db: Database, claim: Claim, page: PageWrite): P
     const fenced = await tx.query(
       `UPDATE run_partitions SET pass = $4, next_offset = $5, pass_state = $6::jsonb, fetched_records = $7,
          search_calls = search_calls + $8, count_calls = count_calls + $9
-       WHERE run_id = $1 AND partition_id = $2 AND claim_token = $3 AND status = 'working'
+       WHERE run_id = $1 AND partition_id = $2 AND claim_token = $3 AND status = 'working' AND ${RUN_NOT_ABANDONED}
        RETURNING partition_id`,
       [
         claim.runId,
@@ -126,7 +141,7 @@ export async function commitPage(db: Database, claim: Claim, page: PageWrite): P
         page.calls.count,
       ],
     );
-    if (fenced.length === 0) throw new ClaimLostError(`${claim.partitionId} of run ${claim.runId} was claimed by another delivery`);
+    if (fenced.length === 0) throw await fenceFailure(tx, claim);
     if (page.items.length === 0) return 0;
     // Sorted: two transactions touching the same stones lock them in the same order.
     const rows = [...page.items]
@@ -161,10 +176,43 @@ export async function markPartitionDone(tx: Queryable, claim: Claim, finish: Par
   const rows = await tx.query(
     `UPDATE run_partitions SET status = 'done', finished_at = now(), fetched_records = $4, verified_count = $5,
        discrepancy = $6, claim_token = NULL, error = NULL, search_calls = search_calls + $7, count_calls = count_calls + $8
-     WHERE run_id = $1 AND partition_id = $2 AND claim_token = $3 AND status = 'working' RETURNING partition_id`,
+     WHERE run_id = $1 AND partition_id = $2 AND claim_token = $3 AND status = 'working' AND ${RUN_NOT_ABANDONED}
+     RETURNING partition_id`,
     [claim.runId, claim.partitionId, claim.token, finish.kept, finish.count, finish.discrepancy, finish.calls.search, finish.calls.count],
   );
-  if (rows.length === 0) throw new ClaimLostError(`${claim.partitionId} of run ${claim.runId} was claimed by another delivery`);
+  if (rows.length === 0) throw await fenceFailure(tx, claim);
+}
+
+/** A partition that did not verify after its last pass: failed, so its run neither completes nor moves the watermark. */
+export class UnverifiedPartitionError extends PermanentError {
+  override readonly name = 'UnverifiedPartitionError';
+}
+
+/**
+ * The claimed partition did not verify (CONTRACT §9: its unique stones still differ from the
+ * exact count after the last pass): failed with the cause and its figures, fenced by the claim.
+ * Its paging starts over on the next delivery (`worker retry`); the stones it kept stay kept.
+ */
+export async function markPartitionUnverified(db: Queryable, claim: Claim, finish: PartitionFinish, error: string): Promise<void> {
+  const rows = await db.query(
+    `UPDATE run_partitions SET status = 'failed', finished_at = now(), fetched_records = $4, verified_count = $5,
+       discrepancy = $6, claim_token = NULL, error = $7, search_calls = search_calls + $8, count_calls = count_calls + $9,
+       pass = 1, next_offset = 0, pass_state = NULL
+     WHERE run_id = $1 AND partition_id = $2 AND claim_token = $3 AND status = 'working' AND ${RUN_NOT_ABANDONED}
+     RETURNING partition_id`,
+    [
+      claim.runId,
+      claim.partitionId,
+      claim.token,
+      finish.kept,
+      finish.count,
+      finish.discrepancy,
+      scrub(error).slice(0, MAX_ERROR_LENGTH),
+      finish.calls.search,
+      finish.calls.count,
+    ],
+  );
+  if (rows.length === 0) throw await fenceFailure(db, claim);
 }
 
 /**
