@@ -371,15 +371,15 @@ export async function workerCommand(config: Config, ctx: CommandContext, options
 
 /** `worker retry <runId>`: re-queues the run's failed partitions (new message ids, so duplicate detection keeps them). */
 export async function workerRetryCommand(config: BaseConfig, { logger, out }: CommandContext, runId: string) {
-  const { failedPartitions, markRequeued } = await import('./db/partitions.js');
+  const { reserveRetries, markRequeued } = await import('./db/partitions.js');
   const { workItems } = await import('./scheduler.js');
   const id = checkRunId(runId);
   const requeued = await withResources(config, logger, async ({ db, queue }) => {
-    const failed = await failedPartitions(db, id);
-    if (failed.length === 0) return [];
     const run = await getRun(db, id);
     if (!run?.runType || !run.updatedTo || !run.priceField) throw new PermanentError(`run ${id} was never recorded; it has no work items`);
-    const retries = new Map(failed.map((p) => [p.partitionId, p.retries + 1]));
+    const failed = await reserveRetries(db, id);
+    if (failed.length === 0) return [];
+    const retries = new Map(failed.map((p) => [p.partitionId, p.retries]));
     const { runType, watermarkBefore, updatedFrom, updatedTo, priceField } = run;
     // Built from all of the run's partitions, so partitionCount stays the run's own.
     const items = workItems(

@@ -11,7 +11,7 @@ import { after, before, beforeEach, describe, test } from 'node:test';
 import { advanceWatermark, finishPartition } from '../src/consolidate.js';
 import type { Database } from '../src/db/database.js';
 import { migrate } from '../src/db/migrate.js';
-import { claimPartition, failedPartitions } from '../src/db/partitions.js';
+import { claimPartition, failedPartitions, reserveRetries } from '../src/db/partitions.js';
 import { openPostgres } from '../src/db/postgres.js';
 import { PRICE_AXIS_END, type WorkItemMessage } from '../src/domain.js';
 import type { WorkerConfig } from '../src/config.js';
@@ -242,6 +242,11 @@ describe('worker and consolidator: database paths', () => {
     assert.equal((await advanceWatermark(db, watermarks, logger)).decision, 'nothing-due');
     assert.equal(await watermarks.read(), null, 'the watermark did not move');
     assert.deepEqual(await failedPartitions(db, run.runId), [{ partitionId: 'partition-0', retries: 0 }], '`worker retry` re-queues it');
+    // A retry's count is committed before its publish: one that crashed in between does not make
+    // the next retry reuse its message id (which duplicate detection would drop).
+    assert.deepEqual(await reserveRetries(db, run.runId), [{ partitionId: 'partition-0', retries: 1 }]);
+    assert.deepEqual(await reserveRetries(db, run.runId), [{ partitionId: 'partition-0', retries: 2 }]);
+    assert.equal((await partitionRow(db, run.runId)).status, 'failed', 'still failed until its work item is out');
 
     // The vendor is fixed; the retried work item completes the run.
     vendor.countExtra = 0;

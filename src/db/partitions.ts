@@ -257,12 +257,25 @@ export async function failedPartitions(db: Queryable, runId: string): Promise<Fa
 }
 
 /**
- * After their work items went out again: the partitions count one more retry, and those still
- * failed become pending (the error is kept as history). A worker may have claimed one already.
+ * Before their work items go out again: each failed partition counts one more retry, committed
+ * first, so the retry's message id (`…:retry-<n>`) is new even if the publish or the process
+ * fails after it (a reused id would be dropped by duplicate detection). Returns the new counts.
+ */
+export async function reserveRetries(db: Queryable, runId: string): Promise<FailedPartition[]> {
+  const rows = await db.query<{ partition_id: string; retries: number }>(
+    `UPDATE run_partitions SET retries = retries + 1 WHERE run_id = $1 AND status = 'failed' RETURNING partition_id, retries`,
+    [runId],
+  );
+  return rows.map((row) => ({ partitionId: row.partition_id, retries: Number(row.retries) }));
+}
+
+/**
+ * After their work items went out again: those still failed become pending (the error is kept
+ * as history). A worker may have claimed one already.
  */
 export async function markRequeued(db: Queryable, runId: string, partitionIds: readonly string[]): Promise<void> {
   await db.query(
-    `UPDATE run_partitions SET retries = retries + 1,
+    `UPDATE run_partitions SET
        status = CASE WHEN status = 'failed' THEN 'pending' ELSE status END,
        finished_at = CASE WHEN status = 'failed' THEN NULL ELSE finished_at END
      WHERE run_id = $1 AND partition_id = ANY($2::text[])`,
