@@ -22,6 +22,7 @@ import {
   ClaimLostError,
   commitPage,
   failPartition,
+  retryGeneration,
   keptStoneIds,
   markPartitionUnverified,
   releasePartition,
@@ -215,7 +216,9 @@ async function drainDeadLetters(deps: WorkerDeps, receiver: WorkItemReceiver, su
       const cause = `dead-lettered (${letter.deadLetterReason ?? 'no reason'}): ${letter.deadLetterDescription ?? 'no description'}`;
       try {
         if (parsed.success) {
-          const changed = await failPartition(deps.db, parsed.data.runId, parsed.data.partitionId, cause);
+          const changed = await failPartition(deps.db, parsed.data.runId, parsed.data.partitionId, cause, {
+            generation: retryGeneration(letter.messageId),
+          });
           if (changed)
             logger.warn(
               { runId: parsed.data.runId, partitionId: parsed.data.partitionId, cause },
@@ -340,7 +343,7 @@ async function onFailure(
     { error: message, kind: error.name, reason },
     'partition failed; work item dead-lettered (`worker retry <runId>` re-queues it)',
   );
-  await failPartition(deps.db, work.runId, work.partitionId, cause).catch((err: unknown) =>
+  await failPartition(deps.db, work.runId, work.partitionId, cause, { generation: retryGeneration(item.messageId) }).catch((err: unknown) =>
     logger.error({ err: toError(err) }, 'could not mark the partition failed; the dead-letter drain does'),
   );
   await settle(logger, 'dead-lettering', () => item.deadLetter(reason, cause));

@@ -11,7 +11,7 @@ import { after, before, beforeEach, describe, test } from 'node:test';
 import { advanceWatermark, finishPartition } from '../src/consolidate.js';
 import type { Database } from '../src/db/database.js';
 import { migrate } from '../src/db/migrate.js';
-import { claimPartition, failedPartitions, reserveRetries } from '../src/db/partitions.js';
+import { claimPartition, failedPartitions, failPartition, reserveRetries, retryGeneration } from '../src/db/partitions.js';
 import { openPostgres } from '../src/db/postgres.js';
 import { PRICE_AXIS_END, type WorkItemMessage } from '../src/domain.js';
 import type { WorkerConfig } from '../src/config.js';
@@ -247,6 +247,14 @@ describe('worker and consolidator: database paths', () => {
     assert.deepEqual(await reserveRetries(db, run.runId), [{ partitionId: 'partition-0', retries: 1 }]);
     assert.deepEqual(await reserveRetries(db, run.runId), [{ partitionId: 'partition-0', retries: 2 }]);
     assert.equal((await partitionRow(db, run.runId)).status, 'failed', 'still failed until its work item is out');
+    // A stale dead letter (the original work item, generation 0) cannot fail the partition once it
+    // was re-queued (generation 2 is being worked); the current generation can.
+    assert.equal(retryGeneration(`${run.runId}:partition-0`), 0);
+    assert.equal(retryGeneration(`${run.runId}:partition-0:retry-2`), 2);
+    await db.query(`UPDATE run_partitions SET status = 'working' WHERE run_id = $1`, [run.runId]);
+    assert.equal(await failPartition(db, run.runId, 'partition-0', 'stale dead letter', { generation: 0 }), false);
+    assert.equal((await partitionRow(db, run.runId)).status, 'working');
+    assert.equal(await failPartition(db, run.runId, 'partition-0', 'current dead letter', { generation: 2 }), true);
 
     // The vendor is fixed; the retried work item completes the run.
     vendor.countExtra = 0;

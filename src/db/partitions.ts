@@ -228,13 +228,27 @@ export async function releasePartition(db: Queryable, claim: Claim, error: strin
 }
 
 /** The work item was dead-lettered: its partition failed with the cause (unless it is done). Returns whether it changed. */
-export async function failPartition(db: Queryable, runId: string, partitionId: string, error: string): Promise<boolean> {
+export async function failPartition(
+  db: Queryable,
+  runId: string,
+  partitionId: string,
+  error: string,
+  options: { generation?: number } = {},
+): Promise<boolean> {
+  // A dead letter of an earlier generation (a work item `worker retry` has since re-queued) says
+  // nothing about the retry being worked now: only the current generation may fail it.
   const rows = await db.query(
     `UPDATE run_partitions SET status = 'failed', finished_at = now(), claim_token = NULL, error = $3
-     WHERE run_id = $1 AND partition_id = $2 AND status IN ('pending', 'working') RETURNING partition_id`,
-    [runId, partitionId, scrub(error).slice(0, MAX_ERROR_LENGTH)],
+     WHERE run_id = $1 AND partition_id = $2 AND status IN ('pending', 'working') AND retries <= $4 RETURNING partition_id`,
+    [runId, partitionId, scrub(error).slice(0, MAX_ERROR_LENGTH), options.generation ?? Number.MAX_SAFE_INTEGER],
   );
   return rows.length > 0;
+}
+
+/** Which re-queue of its partition a work item is: n for `<runId>:<partitionId>:retry-<n>`, 0 for the original. */
+export function retryGeneration(messageId: string | undefined): number {
+  const match = /:retry-(\d+)$/.exec(messageId ?? '');
+  return match ? Number(match[1]) : 0;
 }
 
 export interface FailedPartition {
