@@ -123,7 +123,8 @@ export function describeBackends(resources: Resources): Record<string, string> {
 
 /** The one line a skipped run leaves (exit 0): who holds the lock and since when. */
 export function logSkipped(logger: Logger, holder: { holder: string; since: string } & Record<string, unknown>): void {
-  logger.info(holder, 'skipped: another scheduler holds the lock');
+  // In embedded mode the holder may also be a worker (one process per PGlite directory).
+  logger.info(holder, 'skipped: another scheduler (or, embedded, a worker) holds the lock');
 }
 
 /**

@@ -64,8 +64,13 @@ export async function openPostgres(options: PostgresOptions): Promise<Database> 
     application_name: 'nivoda-scheduler',
     // A server that does not answer should fail the run, not hang it.
     connectionTimeoutMillis: 15_000,
-    // No statement of the scheduler takes long; one that does is stuck (a lock, a dead server).
-    statement_timeout: 120_000,
+    // No statement of the scheduler takes long; one that does is stuck (a lock, a half-open
+    // connection the OS has not noticed). Timed on the client: a server-side statement_timeout
+    // travels as a startup parameter, which a transaction-mode pooler refuses.
+    query_timeout: 120_000,
+    // A connection dropped without a FIN (a failover, a NAT) is found within a minute, not hours.
+    keepAlive: true,
+    keepAliveInitialDelayMillis: 30_000,
     idleTimeoutMillis: 10_000,
   });
   // Without a listener, an idle client dropped by the server (restart, pooler timeout) would
