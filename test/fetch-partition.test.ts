@@ -181,7 +181,7 @@ describe('fetchPartition', () => {
     }
   });
 
-  test('a listing removed behind the cursor skips a stone: later passes find it and verify', async () => {
+  test('a listing removed behind the cursor: the next page resyncs on the overlap stone, one pass verifies', async () => {
     const source = new FakeSource(inventory(600));
     const s = spec();
     const inRange = () => source.listing(s);
@@ -197,7 +197,10 @@ describe('fetchPartition', () => {
     const outcome = await fetchPartition(s, source, rec.commit);
     const want = expected(source, s);
     assert.equal(outcome.verified, true);
-    assert.ok(outcome.passes >= 2, `needed another pass (took ${outcome.passes})`);
+    // The page after the removal did not begin with the overlap stone: one step back found it.
+    assert.equal(outcome.passes, 1);
+    assert.equal(outcome.resyncs, 1);
+    assert.equal(outcome.resyncPages, 1);
     // Everything in range now was kept; the stone that left was kept too (its new price is another partition's).
     for (const id of want) assert.ok(rec.writes.has(id), `stone ${id} kept`);
     assert.equal(outcome.kept, want.length + 1);
@@ -241,19 +244,15 @@ describe('fetchPartition', () => {
     assert.equal(outcome.passes, 3);
   });
 
-  test('changes whose counts cancel out (the pass unique equals the count before and after): the overlap catches the skips', async () => {
+  test('changes whose counts cancel out (the pass unique equals the count before and after): the overlap sees the entry', async () => {
     const source = new FakeSource(inventory(500));
     const s = spec();
     const join = (id: string, createdMs: number) => source.stones.push({ id, priceCents: 150_00, carats: 1, createdMs, updatedMs: T0 + 7 });
     source.afterSearch = (n) => {
-      // Three stones already fetched leave at once: the next page skips two despite the overlap.
-      if (n === 2) for (const st of source.listing(s).slice(0, 3)) st.priceCents = 1_00;
-      // One joins behind the cursor (missed, and it repeats a stone), two join the end (seen).
-      if (n === 4) {
-        join('behind', T0 - 1);
-        join('end1', T0 + 1e9);
-        join('end2', T0 + 1e9 + 1);
-      }
+      // A stone already fetched leaves (the next page resyncs; nothing is skipped, and the pass
+      // still holds it), then one joins behind the cursor (missed: the listing moves up).
+      if (n === 2) source.listing(s)[0]!.priceCents = 1_00;
+      if (n === 4) join('behind', T0 - 1);
     };
     const rec = recorder();
     const outcome = await fetchPartition(s, source, rec.commit);
