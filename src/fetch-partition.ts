@@ -113,11 +113,12 @@ export const ANCHOR_RING = 16;
 export const MAX_RESYNC_STEPS = 4;
 
 /**
- * Pages a pass may spend resyncing: its own pages' worth plus slack. A listing that keeps moving
+ * Pages a pass may spend resyncing: twice its own pages' worth plus slack (a listing that shifts
+ * before every page costs one step back a page, and a shift between the two again). A listing that keeps moving
  * under the cursor would otherwise be stepped back and forth forever (the offset bound would not see it).
  */
 export function resyncBudget(countBefore: number): number {
-  return 10 + Math.ceil(countBefore / (MAX_SEARCH_LIMIT - 1));
+  return 10 + 2 * Math.ceil(countBefore / (MAX_SEARCH_LIMIT - 1));
 }
 
 /**
@@ -296,14 +297,15 @@ export async function fetchPartition(
       progress.overlapId = ids.at(-1)!;
       progress.nextOffset = offset + ids.length - 1;
       progress.uncheckedStep = false;
-    } else if (ids.length === 1) {
-      // Only the anchor came back: the next offset may still hold a stone (a short page), so
-      // look once more past it; an empty page is the only end.
+    } else if (ids.length < MAX_SEARCH_LIMIT) {
+      // A short page ends with the anchor (only the anchor came back, or a step back found it
+      // last): the listing may end there, or the page was cut short, so look once more past
+      // it; an empty page is the only end.
       progress.overlapId = null;
-      progress.nextOffset = offset + 1;
+      progress.nextOffset = offset + at + 1;
       progress.uncheckedStep = true;
     } else {
-      // The anchor ends the page (the listing moved up by a page's worth): ask again from it.
+      // The anchor ends a full page (the listing moved up by a page's worth): ask again from it.
       progress.overlapId = ids[at]!;
       progress.nextOffset = offset + at;
       progress.uncheckedStep = false;
