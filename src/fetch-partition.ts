@@ -4,26 +4,42 @@
 // the last committed page.
 //
 // Offset paging over a live inventory shifts: a listing that leaves the result list (updated
-// after the window, repriced out of the range, removed) before the cursor moves every later
-// stone one place forward, one that enters it moves them back (a page repeats a stone). So a
-// pass pages until an EMPTY page (a short page is not the end), keeps what is in range, dedupes
-// by diamond.id, and is then checked against the exact count. Counts alone cannot prove a pass
-// complete (two listings removed behind the cursor and two added at the end leave the count as
-// it was while a stone was skipped), so consecutive pages overlap by one stone: the next page
-// starts at the previous page's last stone, and a page that does not begin with it shows that
-// the listing shifted, so that pass cannot verify the partition. With the overlap a single
-// removal between two page fetches skips nothing (the stone after the overlap stone moves onto
-// the next page's first place); it takes two or more between two fetches to skip one. A pass
-// that does not verify is followed by another from offset 0; what a pass finds that no earlier
-// pass kept is new, and the partition is verified when the first pass was undisturbed and its
-// unique stones match the count both before and after it, or when a later whole pass finds
-// nothing new and its unique stones match the count taken right after. A pass also ends
-// (disturbed, unverifiable) when its offset passes the count it began with plus slack, or after
-// a few pages in a row that show nothing new: a vendor that clamps the offset or repeats its last
-// page would otherwise be paged forever. Passes are bounded; a partition still unverified after
-// the last one is reported with its `discrepancy` (the exact count minus the last pass's unique
-// stones: not the number of stones missing, since stones read and then gone lower it and can
-// hide a skipped one) and fails (src/worker.ts), never silently.
+// after the window, repriced out of the range, removed) before the cursor moves every later stone
+// forward, one that enters it (a price moving into the range keeps its createdAt place) moves them
+// back. So a pass pages until an EMPTY page (a short page is not the end), keeps what is in range,
+// dedupes by diamond.id (a stone read again as the same listing is not handed over twice), and is
+// checked against the exact count. Counts alone cannot prove a pass complete (removals behind the
+// cursor and additions at the end cancel out), so pages CHAIN: each page starts at the previous
+// page's last stone (the overlap stone) and must hold it. A page is a contiguous slice of the
+// listing at its moment, and in createdAt order stones keep their relative order, so a page that
+// holds a stone the pass already covered covers every stone up to its own last one that was in the
+// result at that moment: a pass whose pages all chain has skipped no stone that stayed in the
+// result for the whole pass. When a page does not hold the overlap stone, the pass RESYNCS instead
+// of giving up: if the stone appears later in the page (the listing moved up) it continues after
+// it; otherwise (moved down: net removals before the cursor) it steps back a page at a time
+// (offset − 49, each page overlapping the one above by a stone; at most MAX_RESYNC_STEPS, and
+// within the pass's resyncBudget) until a page holds one of the pass's ANCHORS — the chain's last
+// ANCHOR_RING stones, so an overlap stone that itself left is replaced by the one before it, and so
+// on — then chains the pages it holds through their shared stones and realigns the cursor on the
+// chain's last stone; every stone read meanwhile is kept. The anchors are committed with the
+// progress, so a redelivery resumes a resync. A pass is DISTURBED (it cannot vouch for its cover)
+// when no anchor is found within reach (paging carries on from the page, as a new chain), when the
+// listing moved up (a net entry behind the cursor: a stone the pass may have missed), or when it
+// is cut short (below). An undisturbed pass verifies the partition when its unique stones are at
+// least the exact count taken right after it (stones read and then gone make them exceed it; fewer
+// means something entered behind the cursor). Not provable this way: an entry behind the cursor
+// masked by as many removals before it between the same two pages; such a stone changed during
+// the pass (its `updated` is recent), which the next incremental run's safety buffer re-reads. A
+// pass that does not verify is followed by another from offset 0; what a pass finds that no
+// earlier pass kept is new, and a later whole pass (not resumed) also verifies when it finds
+// nothing new and its unique stones match the count taken right after it. A pass also ends
+// (disturbed, unverifiable) when its offset passes the count it began with plus slack, after a few
+// pages in a row that show nothing new, or when its resyncs exceed their budget: a vendor that
+// clamps the offset or repeats its last page, or a listing moving under the cursor without end,
+// would otherwise be paged forever. Passes are bounded; a partition still unverified after the
+// last one is reported with its `discrepancy` (the exact count minus the last pass's unique
+// stones: not the number of stones missing, since stones read and then gone lower it and can hide
+// a skipped one) and fails (src/worker.ts), never silently.
 import type { PriceField, WorkItemMessage } from './domain.js';
 import { PRICE_AXIS_END } from './domain.js';
 import type { Offer, SearchOrder } from './nivoda/documents.js';
