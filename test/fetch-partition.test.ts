@@ -45,6 +45,8 @@ class FakeSource implements PartitionSource {
   counts = 0;
   afterSearch: ((n: number) => void) | undefined;
   shortPages = false;
+  /** The offset of the last search. */
+  lastOffset = 0;
   /** A vendor that clamps the offset: past the end it returns the last page again, never an empty one. */
   repeatLastPage = false;
   constructor(public stones: Stone[]) {}
@@ -78,6 +80,7 @@ class FakeSource implements PartitionSource {
     assert.deepEqual(page.order, PARTITION_ORDER);
     assert.ok(page.limit <= 50);
     this.searches++;
+    this.lastOffset = page.offset;
     // A fetch that never ends would hang the test: fail it instead.
     if (this.searches > 5000) throw new Error('paged forever: 5000 searches');
     const all = this.matching(query);
@@ -181,7 +184,7 @@ describe('fetchPartition', () => {
     }
   });
 
-  test('a listing removed behind the cursor skips a stone: later passes find it and verify', async () => {
+  test('a listing removed behind the cursor: the next page resyncs on the overlap stone, one pass verifies', async () => {
     const source = new FakeSource(inventory(600));
     const s = spec();
     const inRange = () => source.listing(s);
@@ -197,11 +200,144 @@ describe('fetchPartition', () => {
     const outcome = await fetchPartition(s, source, rec.commit);
     const want = expected(source, s);
     assert.equal(outcome.verified, true);
-    assert.ok(outcome.passes >= 2, `needed another pass (took ${outcome.passes})`);
+    // The page after the removal did not begin with the overlap stone: one step back found it.
+    assert.equal(outcome.passes, 1);
+    assert.equal(outcome.resyncs, 1);
+    assert.equal(outcome.resyncPages, 1);
     // Everything in range now was kept; the stone that left was kept too (its new price is another partition's).
     for (const id of want) assert.ok(rec.writes.has(id), `stone ${id} kept`);
     assert.equal(outcome.kept, want.length + 1);
     assert.equal(outcome.count, want.length);
+  });
+
+  test('continuous removals behind the cursor (several a page) and new listings: one pass keeps every stone that stayed, a step back per shift', async () => {
+    const source = new FakeSource(inventory(2000));
+    const s = spec();
+    const atStart = new Set(source.listing(s).map((st) => st.id));
+    const removed = new Set<string>();
+    let seed = 12345;
+    const rand = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+    let next = 0;
+    source.afterSearch = () => {
+      // After every search: three stones before the cursor leave (repriced out, updated after
+      // the window, removed), one new listing joins the end.
+      const behind = source.listing(s).slice(0, source.lastOffset);
+      for (let k = 0; k < 3 && behind.length > 0; k++) {
+        const [st] = behind.splice(Math.floor(rand() * behind.length), 1);
+        removed.add(st!.id);
+        if (k === 0) st!.priceCents = 1_00;
+        else if (k === 1) st!.updatedMs = T0 + 2000_000;
+        else source.stones.splice(source.stones.indexOf(st!), 1);
+      }
+      source.stones.push({ id: `new${next}`, priceCents: 150_00, carats: 1, createdMs: T0 + 1e9 + next++, updatedMs: T0 + 7 });
+    };
+    const rec = recorder();
+    const outcome = await fetchPartition(s, source, rec.commit);
+    const stayed = [...atStart].filter((id) => !removed.has(id));
+    assert.ok(removed.size > 50, `${removed.size} stones left while it paged`);
+    for (const id of stayed) assert.ok(rec.writes.has(id), `stone ${id} stayed throughout and was kept`);
+    assert.equal(outcome.verified, true);
+    assert.equal(outcome.passes, 1, 'in one pass');
+    assert.ok(outcome.resyncs > 5, `${outcome.resyncs} resyncs`);
+    // A shift of a few places is bridged by one step back.
+    assert.equal(outcome.resyncPages, outcome.resyncs);
+    const pages = Math.ceil(atStart.size / 49);
+    assert.ok(outcome.calls.search <= pages + outcome.resyncs * 2 + 3, `${outcome.calls.search} searches for ${pages} pages`);
+    assert.ok(
+      [...rec.writes.values()].every((n) => n === 1),
+      'no stone handed over twice',
+    );
+  });
+
+  test('the overlap stone itself leaves (and the stones before it): the ring of earlier stones realigns the pass', async () => {
+    const source = new FakeSource(inventory(1000));
+    const s = spec();
+    const atStart = new Set(source.listing(s).map((st) => st.id));
+    const removed = new Set<string>();
+    const search = source.search.bind(source);
+    // The hook sees the page just returned.
+    source.search = async (q, page) => {
+      const result = await search(q, page);
+      after(source.searches, result);
+      return result;
+    };
+    const after = (n: number, lastPage: Offer[]) => {
+      // After pages 2, 4 and 6: the last stone of the page just returned (the next page's
+      // overlap stone) leaves, after page 4 with the two before it, after page 6 with ten.
+      const gone = n === 2 ? 1 : n === 4 ? 3 : n === 6 ? 11 : 0;
+      for (const offer of lastPage.slice(-gone)) {
+        if (gone === 0) break;
+        const st = source.stones.find((x) => x.id === offer.diamond.id)!;
+        st.updatedMs = T0 + 2000_000;
+        removed.add(st.id);
+      }
+    };
+    const rec = recorder();
+    const outcome = await fetchPartition(s, source, rec.commit);
+    assert.equal(removed.size, 15);
+    for (const id of atStart) if (!removed.has(id)) assert.ok(rec.writes.has(id), `stone ${id} kept`);
+    assert.deepEqual(rec.ids(), [...atStart].sort(), 'the stones that left had been read');
+    assert.equal(outcome.verified, true);
+    assert.equal(outcome.passes, 1);
+    assert.equal(outcome.resyncs, 3);
+    assert.equal(outcome.count, atStart.size - 15);
+  });
+
+  test('more of the chain left than the ring holds: the pass is disturbed and another one verifies', async () => {
+    const source = new FakeSource(inventory(1000));
+    const s = spec();
+    const search = source.search.bind(source);
+    source.search = async (q, page) => {
+      const result = await search(q, page);
+      after(source.searches, result);
+      return result;
+    };
+    const after = (n: number, lastPage: Offer[]) => {
+      // After page 3 the whole page just returned leaves: no anchor is left to find.
+      if (n !== 3) return;
+      for (const offer of lastPage) source.stones.find((x) => x.id === offer.diamond.id)!.updatedMs = T0 + 2000_000;
+    };
+    const rec = recorder();
+    const outcome = await fetchPartition(s, source, rec.commit);
+    const firstPass = rec.commits.filter((c) => c.progress.pass === 1).at(-1)!.progress;
+    assert.equal(firstPass.disturbed, true);
+    assert.equal(firstPass.resyncPages, 3, 'stepped back to offset 0, then gave up');
+    assert.equal(outcome.verified, true);
+    assert.equal(outcome.passes, 2);
+    for (const id of expected(source, s)) assert.ok(rec.writes.has(id), `stone ${id} kept`);
+  });
+
+  test('a redelivery in the middle of a resync resumes from the committed anchors and still verifies in one pass', async () => {
+    const source = new FakeSource(inventory(800));
+    const s = spec();
+    source.afterSearch = (n) => {
+      // Two stones before the cursor leave after page 3 and after the first page of the redelivery.
+      if (n === 3 || n === 6) for (const st of source.listing(s).slice(5, 7)) st.priceCents = 1_00;
+    };
+    const rec = recorder();
+    let crashed = false;
+    const crashing = async (page: PageCommit) => {
+      // Killed as it commits the step-back page (the misaligned page before it is committed).
+      if (!crashed && page.progress.resyncPages === 1) {
+        crashed = true;
+        throw new Error('killed');
+      }
+      await rec.commit(page);
+    };
+    await assert.rejects(fetchPartition(s, source, crashing), /killed/);
+    const last = rec.commits.at(-1)!.progress;
+    // The misaligned page was committed, the step back was not: the redelivery asks again there.
+    assert.equal(last.resyncPages, 0);
+    assert.ok(last.anchors.length > 1, 'its anchors were committed');
+    const outcome = await fetchPartition(s, source, rec.commit, { kept: rec.writes.keys(), progress: last });
+    assert.equal(outcome.verified, true);
+    assert.equal(outcome.passes, 1);
+    assert.ok(outcome.resyncs >= 1);
+    for (const id of expected(source, s)) assert.ok(rec.writes.has(id), `stone ${id} kept`);
+    assert.ok(
+      [...rec.writes.values()].every((n) => n === 1),
+      'no stone handed over twice across the crash',
+    );
   });
 
   test('a redelivery resumes after the last committed page and never hands a stone over twice', async () => {
@@ -241,19 +377,15 @@ describe('fetchPartition', () => {
     assert.equal(outcome.passes, 3);
   });
 
-  test('changes whose counts cancel out (the pass unique equals the count before and after): the overlap catches the skips', async () => {
+  test('changes whose counts cancel out (the pass unique equals the count before and after): the overlap sees the entry', async () => {
     const source = new FakeSource(inventory(500));
     const s = spec();
     const join = (id: string, createdMs: number) => source.stones.push({ id, priceCents: 150_00, carats: 1, createdMs, updatedMs: T0 + 7 });
     source.afterSearch = (n) => {
-      // Three stones already fetched leave at once: the next page skips two despite the overlap.
-      if (n === 2) for (const st of source.listing(s).slice(0, 3)) st.priceCents = 1_00;
-      // One joins behind the cursor (missed, and it repeats a stone), two join the end (seen).
-      if (n === 4) {
-        join('behind', T0 - 1);
-        join('end1', T0 + 1e9);
-        join('end2', T0 + 1e9 + 1);
-      }
+      // A stone already fetched leaves (the next page resyncs; nothing is skipped, and the pass
+      // still holds it), then one joins behind the cursor (missed: the listing moves up).
+      if (n === 2) source.listing(s)[0]!.priceCents = 1_00;
+      if (n === 4) join('behind', T0 - 1);
     };
     const rec = recorder();
     const outcome = await fetchPartition(s, source, rec.commit);
@@ -271,10 +403,12 @@ describe('fetchPartition', () => {
     const s = spec();
     let next = 10_000;
     source.afterSearch = () => {
-      // Every page: the first stone of the listing leaves (the next page skips one) and a new one joins its end.
+      // Every page: the first stone of the listing leaves, and two join behind the cursor
+      // (listings repriced into the range keep their early place): every pass sees the listing
+      // move up, and every later pass finds stones the earlier ones missed.
       source.listing(s)[0]!.priceCents = 1_00;
-      source.stones.push({ id: `n${next}`, priceCents: 150_00, carats: 1, createdMs: T0 + 1e9 + next, updatedMs: T0 + 7 });
-      next++;
+      for (let k = 0; k < 2; k++, next++)
+        source.stones.push({ id: `n${next}`, priceCents: 150_00, carats: 1, createdMs: T0 - next, updatedMs: T0 + 7 });
     };
     const outcome = await fetchPartition(s, source, recorder().commit, { maxPasses: 3 });
     assert.equal(outcome.verified, false);
