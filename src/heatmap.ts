@@ -368,6 +368,7 @@ async function quantileScan(probe: Prober, options: ScanOptions): Promise<Outcom
   const limit = (1 + tolerance) * (total / n);
   /** Log-price bracket width when each price was probed: the bisection safeguard's memory. */
   const widthWhenProbed = new Map<number, number>();
+  const sweep: SweepState = { parts: 0, maxLoad: 0, fixed: [], widths: [] };
   for (;;) {
     const points = normalisePoints(probe.points(), total);
     const known = cutCandidates(points, total);
@@ -391,10 +392,14 @@ async function quantileScan(probe: Prober, options: ScanOptions): Promise<Outcom
       best.partitions === parts &&
       best.maxLoad <= maxLoad + REPAIR_NEAR * (total / parts);
     const repairs = !near ? [] : repairHoles(points, known, total, parts, maxLoad, min, REPAIR_RUN);
+    const swept =
+      start.start === 'cold' && parts >= SWEEP_MIN_PARTS ? sweepHoles(sweep, points, known, total, parts, maxLoad, min, room) : undefined;
     const holes =
       repairs.length > 0
         ? repairs
-        : planChain(
+        : swept !== undefined && swept.length > 0
+          ? swept
+          : planChain(
             points,
             known,
             total,
@@ -418,6 +423,114 @@ async function quantileScan(probe: Prober, options: ScanOptions): Promise<Outcom
     if (chosen.length === 0) return { ...start, stopReason: unreachable ? 'unreachable' : 'budget' };
     await probe.wave(chosen);
   }
+}
+
+const SWEEP_MIN_PARTS = Number(process.env.SWEEP_MIN_PARTS ?? 10);
+const SWEEP_GAMMA = Number(process.env.SWEEP_GAMMA ?? 1.5);
+const SWEEP_ALPHA = Number(process.env.SWEEP_ALPHA ?? 1);
+const SWEEP_AHEAD = Number(process.env.SWEEP_AHEAD ?? Infinity);
+const SWEEP_AIM = Number(process.env.SWEEP_AIM ?? 0.5);
+const SWEEP_DFLOOR = Number(process.env.SWEEP_DFLOOR ?? 0);
+const SWEEP_RESERVE = Number(process.env.SWEEP_RESERVE ?? 0.5);
+
+/** The cold sweep's memory: boundaries fixed so far (counts, first 0) and each boundary's window width once it was set. */
+interface SweepState {
+  parts: number;
+  maxLoad: number;
+  fixed: number[];
+  widths: number[];
+}
+
+/**
+ * A left-to-right sweep that places each boundary once: boundary k's window is
+ * [hi − w, hi] with hi = c(k−1) + maxLoad (the furthest the fixed prefix reaches) and w a share of
+ * the slack the remaining partitions leave, weighted by local density (a dense stretch needs a
+ * wider window in counts to span a dollar). The first probed point in the window (the highest)
+ * fixes the boundary for good, so its window never moves; the next few boundaries are probed
+ * ahead at their predicted windows to fill the round. Undefined when the sweep is stuck (a
+ * window that only a one-dollar gap covers, with no slack left to step below it).
+ */
+function sweepHoles(
+  state: SweepState,
+  points: NormalisedPoints,
+  known: readonly CumulativePoint[],
+  total: number,
+  n: number,
+  maxLoad: number,
+  min: number,
+  room: number,
+): Hole[] | undefined {
+  if (state.parts !== n || state.maxLoad !== maxLoad) Object.assign(state, { parts: n, maxLoad, fixed: [0], widths: [] });
+  const counts = known.map((p) => p.below);
+  const window = (k: number, prev: number, width: number): [number, number] => {
+    const hi = Math.min(prev + maxLoad, total - (n - k) * min);
+    return [Math.max(hi - width, prev + min, total - (n - k) * maxLoad), hi];
+  };
+  const widthFor = (k: number, prev: number): number => {
+    const slack = prev + (n - k + 1) * maxLoad - total;
+    if (k === n - 1) return slack;
+    const step = (total - prev) / (n - k + 1);
+    let sum = 0;
+    let own = 0;
+    for (let j = k; j < n; j++) {
+      const w = Math.pow(Math.max(SWEEP_DFLOOR, densityAt(points, prev + (j - k + 1) * step)), SWEEP_ALPHA);
+      sum += w;
+      if (j === k) own = w;
+    }
+    const share = Math.min(slack, (SWEEP_GAMMA * slack * own) / sum);
+    return Math.min(share, Math.max(slack - SWEEP_RESERVE * (maxLoad - total / n) * (n - 1 - k), slack / (n - k)));
+  };
+  for (;;) {
+    const k = state.fixed.length;
+    if (k >= n) return [];
+    const prev = state.fixed[k - 1]!;
+    state.widths[k] ??= widthFor(k, prev);
+    const [lo, hi] = window(k, prev, state.widths[k]);
+    if (hi < lo) return undefined;
+    const j = firstAtLeast(counts, hi + 1) - 1;
+    if (j >= 0 && counts[j]! >= lo) {
+      state.fixed.push(counts[j]!);
+      continue;
+    }
+    // No probe can land between counts[j] and the next point (a one-dollar gap): step below it if the slack allows.
+    const { lo: left, hi: right } = bracket(points, hi);
+    if (right.price - left.price <= 1) {
+      const floorLo = Math.max(prev + min, total - (n - k) * maxLoad);
+      if (j >= 0 && counts[j]! >= floorLo && counts[j]! > prev) {
+        state.fixed.push(counts[j]!);
+        continue;
+      }
+      if (process.env.SWEEP_DEBUG) process.stderr.write(`stuck k=${k}\n`);
+      return undefined;
+    }
+    break;
+  }
+  const holes: Hole[] = [];
+  let prev = state.fixed[state.fixed.length - 1]!;
+  if (process.env.SWEEP_DEBUG) {
+    const k = state.fixed.length;
+    const [lo, hi] = window(k, prev, state.widths[k]!);
+    const b = bracket(points, (lo + hi) / 2);
+    process.stderr.write(`k=${k} slack=${(prev + (n - k + 1) * maxLoad - total).toFixed(0)} w=${state.widths[k]!.toFixed(0)} win=[${lo.toFixed(0)},${hi.toFixed(0)}] br=${b.lo.price}:${b.lo.below}-${b.hi.price}:${b.hi.below}\n`);
+  }
+  for (let k = state.fixed.length; k < n && holes.length < Math.min(room, SWEEP_AHEAD); k++) {
+    const width = k === state.fixed.length ? state.widths[k]! : widthFor(k, prev);
+    const [lo, hi] = window(k, prev, width);
+    const target = hi - SWEEP_AIM * (hi - lo);
+    const inside = firstAtLeast(counts, lo);
+    if (!(inside < counts.length && counts[inside]! <= hi)) {
+      const b = bracket(points, target);
+      if (b.hi.price - b.lo.price > 1) holes.push({ target, half: (hi - lo) / 2, lo: b.lo, hi: b.hi });
+    }
+    prev = target;
+  }
+  return holes;
+}
+
+/** Stones per dollar around a count, from the probed points that bracket it. */
+function densityAt(points: NormalisedPoints, at: number): number {
+  const { lo, hi } = bracket(points, at);
+  return Math.max(1e-9, (hi.below - lo.below) / Math.max(1, hi.price - lo.price));
 }
 
 interface HistoryCheck {
