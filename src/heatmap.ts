@@ -368,7 +368,7 @@ async function quantileScan(probe: Prober, options: ScanOptions): Promise<Outcom
   const limit = (1 + tolerance) * (total / n);
   /** Log-price bracket width when each price was probed: the bisection safeguard's memory. */
   const widthWhenProbed = new Map<number, number>();
-  const sweep: SweepState = { parts: 0, maxLoad: 0, fixed: [], widths: [] };
+  const sweep: SweepState = { parts: 0, maxLoad: 0, fixed: [], widths: [], off: false };
   for (;;) {
     const points = normalisePoints(probe.points(), total);
     const known = cutCandidates(points, total);
@@ -393,7 +393,9 @@ async function quantileScan(probe: Prober, options: ScanOptions): Promise<Outcom
       best.maxLoad <= maxLoad + REPAIR_NEAR * (total / parts);
     const repairs = !near ? [] : repairHoles(points, known, total, parts, maxLoad, min, REPAIR_RUN);
     const swept =
-      start.start === 'cold' && parts >= SWEEP_MIN_PARTS ? sweepHoles(sweep, points, known, total, parts, maxLoad, min, room) : undefined;
+      start.start === 'cold' && parts >= SWEEP_MIN_PARTS && !sweep.off
+        ? sweepHoles(sweep, points, known, total, parts, maxLoad, min, room, budget - probe.queries)
+        : undefined;
     const holes =
       repairs.length > 0
         ? repairs
@@ -434,6 +436,8 @@ async function quantileScan(probe: Prober, options: ScanOptions): Promise<Outcom
 const SWEEP_MIN_PARTS = 10;
 const SWEEP_SHARE = 1.5;
 const SWEEP_RESERVE = 0.5;
+/** The sweep gives way to the chain when fewer than this many queries per unplaced boundary are left. */
+const SWEEP_BUDGET_SHARE = 2;
 
 /** The cold sweep's memory: boundaries fixed so far (counts, first 0) and each boundary's window width once it was set. */
 interface SweepState {
@@ -441,6 +445,8 @@ interface SweepState {
   maxLoad: number;
   fixed: number[];
   widths: number[];
+  /** Set once the sweep got stuck or the budget runs short: the chain finishes the scan. */
+  off: boolean;
 }
 
 /**
@@ -449,8 +455,10 @@ interface SweepState {
  * the slack the remaining partitions leave, weighted by local density (a dense stretch needs a
  * wider window in counts to span a dollar). The highest probed point in the window
  * fixes the boundary for good, so its window never moves; the next few boundaries are probed
- * ahead at their predicted windows to fill the round. Undefined when the sweep is stuck (a
- * window that only a one-dollar gap covers, with no slack left to step below it).
+ * ahead at their predicted windows to fill the round. Undefined, and off for the rest of the
+ * scan, when the sweep is stuck (a window that only a one-dollar gap covers, with no slack left to
+ * step below it) or the budget runs short: the chain then covers the whole range, so a scan that
+ * stops on its budget still has points near every quantile.
  */
 function sweepHoles(
   state: SweepState,
@@ -461,6 +469,7 @@ function sweepHoles(
   maxLoad: number,
   min: number,
   room: number,
+  left: number,
 ): Hole[] | undefined {
   if (state.parts !== n || state.maxLoad !== maxLoad) Object.assign(state, { parts: n, maxLoad, fixed: [0], widths: [] });
   const counts = known.map((p) => p.below);
@@ -488,7 +497,10 @@ function sweepHoles(
     const prev = state.fixed[k - 1]!;
     state.widths[k] ??= widthFor(k, prev);
     const [lo, hi] = window(k, prev, state.widths[k]);
-    if (hi < lo) return undefined;
+    if (hi < lo) {
+      state.off = true;
+      return undefined;
+    }
     const j = firstAtLeast(counts, hi + 1) - 1;
     if (j >= 0 && counts[j]! >= lo) {
       state.fixed.push(counts[j]!);
@@ -502,9 +514,15 @@ function sweepHoles(
         state.fixed.push(counts[j]!);
         continue;
       }
+      state.off = true;
       return undefined;
     }
     break;
+  }
+  // Too little budget left to place the rest one by one: let the chain cover the whole range instead.
+  if (left < SWEEP_BUDGET_SHARE * (n - state.fixed.length)) {
+    state.off = true;
+    return undefined;
   }
   const holes: Hole[] = [];
   let prev = state.fixed[state.fixed.length - 1]!;
