@@ -304,6 +304,9 @@ async function seedScan(probe: Prober, total: number, options: ScanOptions): Pro
 //      partitions still fit and moves only the stretch around one that does not; a cold start
 //      begins with one run of N − 1 holes at the quantiles; a spike is an anchor a chain may use
 //      or step over, never a hole (no probe inside a one-dollar gap).
+//   3a. on a cold start of at least SWEEP_MIN_PARTS partitions, the chain gives way to a sweep
+//      (sweepHoles) that fixes boundaries left to right, each once, in a window set when it
+//      comes up; the chain takes over for good once the sweep is stuck or short of budget;
 //   3b. on a warm start whose plan is already within 1 % of the target (the usual night), the
 //      chain gives way to repairs (repairHoles): short runs of new boundaries between the
 //      furthest point a feasible prefix reaches and the nearest a feasible suffix starts from,
