@@ -304,6 +304,9 @@ async function seedScan(probe: Prober, total: number, options: ScanOptions): Pro
 //      partitions still fit and moves only the stretch around one that does not; a cold start
 //      begins with one run of N − 1 holes at the quantiles; a spike is an anchor a chain may use
 //      or step over, never a hole (no probe inside a one-dollar gap).
+//   3a. on a cold start of at least SWEEP_MIN_PARTS partitions, the chain gives way to a sweep
+//      (sweepHoles) that fixes boundaries left to right, each once, in a window set when it
+//      comes up; the chain takes over for good once the sweep is stuck or short of budget;
 //   3b. on a warm start whose plan is already within 1 % of the target (the usual night), the
 //      chain gives way to repairs (repairHoles): short runs of new boundaries between the
 //      furthest point a feasible prefix reaches and the nearest a feasible suffix starts from,
@@ -368,6 +371,7 @@ async function quantileScan(probe: Prober, options: ScanOptions): Promise<Outcom
   const limit = (1 + tolerance) * (total / n);
   /** Log-price bracket width when each price was probed: the bisection safeguard's memory. */
   const widthWhenProbed = new Map<number, number>();
+  const sweep: SweepState = { parts: 0, maxLoad: 0, fixed: [], widths: [], off: false };
   for (;;) {
     const points = normalisePoints(probe.points(), total);
     const known = cutCandidates(points, total);
@@ -391,19 +395,25 @@ async function quantileScan(probe: Prober, options: ScanOptions): Promise<Outcom
       best.partitions === parts &&
       best.maxLoad <= maxLoad + REPAIR_NEAR * (total / parts);
     const repairs = !near ? [] : repairHoles(points, known, total, parts, maxLoad, min, REPAIR_RUN);
+    const swept =
+      start.start === 'cold' && parts >= SWEEP_MIN_PARTS && !sweep.off
+        ? sweepHoles(sweep, points, known, total, parts, maxLoad, min, room, budget - probe.queries)
+        : undefined;
     const holes =
       repairs.length > 0
         ? repairs
-        : planChain(
-            points,
-            known,
-            total,
-            parts,
-            maxLoad,
-            min,
-            MIN_HALF_SHARE * ((maxLoad - total / parts) / 2),
-            anchorPrices(points, start.start === 'warm' ? warm!.cuts : [], parts, ANCHOR_SHARE * (maxLoad - total / parts)),
-          );
+        : swept !== undefined && swept.length > 0
+          ? swept
+          : planChain(
+              points,
+              known,
+              total,
+              parts,
+              maxLoad,
+              min,
+              MIN_HALF_SHARE * ((maxLoad - total / parts) / 2),
+              anchorPrices(points, start.start === 'warm' ? warm!.cuts : [], parts, ANCHOR_SHARE * (maxLoad - total / parts)),
+            );
     const curve = new MonotoneCurve(points, total);
     const chosen: number[] = [];
     for (const hole of holes) {
@@ -418,6 +428,125 @@ async function quantileScan(probe: Prober, options: ScanOptions): Promise<Outcom
     if (chosen.length === 0) return { ...start, stopReason: unreachable ? 'unreachable' : 'budget' };
     await probe.wave(chosen);
   }
+}
+
+/**
+ * The cold sweep (see sweepHoles), on plans of at least SWEEP_MIN_PARTS partitions (smaller
+ * ones, the incremental windows, meet their targets with the chain). Measured on seeds 1–12:
+ * windows SWEEP_SHARE × their density-weighted share of the remaining slack, each later boundary
+ * keeping SWEEP_RESERVE of a partition's slack, probes aimed at the middle of the window.
+ */
+const SWEEP_MIN_PARTS = 10;
+const SWEEP_SHARE = 1.5;
+const SWEEP_RESERVE = 0.5;
+/** The sweep gives way to the chain when fewer than this many queries per unplaced boundary are left. */
+const SWEEP_BUDGET_SHARE = 2;
+
+/** The cold sweep's memory: boundaries fixed so far (counts, first 0) and each boundary's window width once it was set. */
+interface SweepState {
+  parts: number;
+  maxLoad: number;
+  fixed: number[];
+  widths: number[];
+  /** Set once the sweep got stuck or the budget runs short: the chain finishes the scan. */
+  off: boolean;
+}
+
+/**
+ * A left-to-right sweep that places each boundary once: boundary k's window is
+ * [hi − w, hi] with hi = c(k−1) + maxLoad (the furthest the fixed prefix reaches) and w a share of
+ * the slack the remaining partitions leave, weighted by local density (a dense stretch needs a
+ * wider window in counts to span a dollar). The highest probed point in the window
+ * fixes the boundary for good, so its window never moves; the next few boundaries are probed
+ * ahead at their predicted windows to fill the round. Undefined, and off for the rest of the
+ * scan, when the sweep is stuck (a window that only a one-dollar gap covers, with no slack left to
+ * step below it) or the budget runs short: the chain then covers the whole range, so a scan that
+ * stops on its budget still has points near every quantile.
+ */
+function sweepHoles(
+  state: SweepState,
+  points: NormalisedPoints,
+  known: readonly CumulativePoint[],
+  total: number,
+  n: number,
+  maxLoad: number,
+  min: number,
+  room: number,
+  left: number,
+): Hole[] | undefined {
+  if (state.parts !== n || state.maxLoad !== maxLoad) Object.assign(state, { parts: n, maxLoad, fixed: [0], widths: [] });
+  const counts = known.map((p) => p.below);
+  const window = (k: number, prev: number, width: number): [number, number] => {
+    const hi = Math.min(prev + maxLoad, total - (n - k) * min);
+    return [Math.max(hi - width, prev + min, total - (n - k) * maxLoad), hi];
+  };
+  const widthFor = (k: number, prev: number): number => {
+    const slack = prev + (n - k + 1) * maxLoad - total;
+    if (k === n - 1) return slack;
+    const step = (total - prev) / (n - k + 1);
+    let sum = 0;
+    let own = 0;
+    for (let j = k; j < n; j++) {
+      const w = densityAt(points, prev + (j - k + 1) * step);
+      sum += w;
+      if (j === k) own = w;
+    }
+    const share = Math.min(slack, (SWEEP_SHARE * slack * own) / sum);
+    return Math.min(share, Math.max(slack - SWEEP_RESERVE * (maxLoad - total / n) * (n - 1 - k), slack / (n - k)));
+  };
+  for (;;) {
+    const k = state.fixed.length;
+    if (k >= n) return [];
+    const prev = state.fixed[k - 1]!;
+    state.widths[k] ??= widthFor(k, prev);
+    const [lo, hi] = window(k, prev, state.widths[k]);
+    if (hi < lo) {
+      state.off = true;
+      return undefined;
+    }
+    const j = firstAtLeast(counts, hi + 1) - 1;
+    if (j >= 0 && counts[j]! >= lo) {
+      state.fixed.push(counts[j]!);
+      continue;
+    }
+    // No probe can land between counts[j] and the next point (a one-dollar gap): step below it if the slack allows.
+    const { lo: left, hi: right } = bracket(points, hi);
+    if (right.price - left.price <= 1) {
+      const floorLo = Math.max(prev + min, total - (n - k) * maxLoad);
+      if (j >= 0 && counts[j]! >= floorLo && counts[j]! > prev) {
+        state.fixed.push(counts[j]!);
+        continue;
+      }
+      state.off = true;
+      return undefined;
+    }
+    break;
+  }
+  // Too little budget left to place the rest one by one: let the chain cover the whole range instead.
+  if (left < SWEEP_BUDGET_SHARE * (n - state.fixed.length)) {
+    state.off = true;
+    return undefined;
+  }
+  const holes: Hole[] = [];
+  let prev = state.fixed[state.fixed.length - 1]!;
+  for (let k = state.fixed.length; k < n && holes.length < room; k++) {
+    const width = k === state.fixed.length ? state.widths[k]! : widthFor(k, prev);
+    const [lo, hi] = window(k, prev, width);
+    const target = (lo + hi) / 2;
+    const inside = firstAtLeast(counts, lo);
+    if (!(inside < counts.length && counts[inside]! <= hi)) {
+      const b = bracket(points, target);
+      if (b.hi.price - b.lo.price > 1) holes.push({ target, half: (hi - lo) / 2, lo: b.lo, hi: b.hi });
+    }
+    prev = target;
+  }
+  return holes;
+}
+
+/** Stones per dollar around a count, from the probed points that bracket it. */
+function densityAt(points: NormalisedPoints, at: number): number {
+  const { lo, hi } = bracket(points, at);
+  return Math.max(1e-9, (hi.below - lo.below) / Math.max(1, hi.price - lo.price));
 }
 
 interface HistoryCheck {
