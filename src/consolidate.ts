@@ -118,11 +118,18 @@ const OPERATOR_RUN_ID = 'manual';
  * Why the stored watermark must be left as it is for `due` although it is earlier: an operator
  * changed it after the run started (a rewind to re-fetch, or a clear under an incremental run,
  * which started from a watermark that is now gone). Null when the run's write may go ahead.
+ *
+ * The value the run started from (`watermarkBefore`) decides first: a run that read the
+ * operator's value has fetched from it, so moving it on is what the operator asked for. Only a
+ * different value falls back to the times, which come from two clocks (the operator's host, the
+ * database) and are a tie within a millisecond, so they are not trusted alone.
  */
 function operatorChange(due: RunRow, stored: StoredWatermark | null): string | null {
   if (!stored) return due.watermarkBefore !== null ? 'the watermark was cleared after the run started' : null;
-  const { lastRunId, lastRunCompletedAt } = stored.watermark;
-  if (lastRunId === OPERATOR_RUN_ID && lastRunCompletedAt !== undefined && Date.parse(lastRunCompletedAt) >= Date.parse(due.startedAt))
+  const { lastRunId, lastRunCompletedAt, lastUpdatedAt } = stored.watermark;
+  if (lastRunId !== OPERATOR_RUN_ID || lastRunCompletedAt === undefined) return null;
+  if (due.watermarkBefore !== null && Date.parse(due.watermarkBefore) === Date.parse(lastUpdatedAt)) return null;
+  if (Date.parse(lastRunCompletedAt) >= Date.parse(due.startedAt))
     return `an operator set the watermark at ${lastRunCompletedAt}, after the run started`;
   return null;
 }

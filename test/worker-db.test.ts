@@ -46,6 +46,8 @@ interface RunSpec {
   updatedTo: string;
   watermarkBefore?: string;
   partitions?: number;
+  /** The database's clock by default. */
+  startedAt?: string;
 }
 
 /** A run as the scheduler records and publishes it: its row and its partitions (pending). */
@@ -55,7 +57,8 @@ async function insertRun(db: Database, spec: RunSpec): Promise<{ runId: string; 
   await db.query(
     `INSERT INTO run_metadata (run_id, run_type, status, expected_workers, watermark_before, updated_from, updated_to, price_field,
                                started_at, recorded_at, published_at)
-     VALUES ($1, $2, 'published', $3, $4::timestamptz, $5::timestamptz, $6::timestamptz, 'dollar_value', clock_timestamp(), now(), now())`,
+     VALUES ($1, $2, 'published', $3, $4::timestamptz, $5::timestamptz, $6::timestamptz, 'dollar_value',
+             coalesce($7::timestamptz, clock_timestamp()), now(), now())`,
     [
       runId,
       spec.runType ?? 'full',
@@ -63,6 +66,7 @@ async function insertRun(db: Database, spec: RunSpec): Promise<{ runId: string; 
       spec.watermarkBefore ?? null,
       incremental ? (spec.watermarkBefore ?? spec.updatedTo) : null,
       spec.updatedTo,
+      spec.startedAt ?? null,
     ],
   );
   const partitionIds: string[] = [];
@@ -178,10 +182,10 @@ async function runRow(db: Database, runId: string) {
 }
 
 /** What `watermark set <ISO>` writes (src/commands.ts), at the time it is run. */
-async function operatorSets(store: WatermarkStore, lastUpdatedAt: string): Promise<void> {
+async function operatorSets(store: WatermarkStore, lastUpdatedAt: string, at = new Date().toISOString()): Promise<void> {
   const current = await store.read();
   await store.write(
-    { lastUpdatedAt, lastRunId: 'manual', lastRunCompletedAt: new Date().toISOString() },
+    { lastUpdatedAt, lastRunId: 'manual', lastRunCompletedAt: at },
     current ? { ifMatch: current.etag } : { ifNoneMatch: '*' },
   );
 }
@@ -375,6 +379,27 @@ describe('worker and consolidator: database paths', () => {
       await completeRun(db, next.runId, next.partitionIds);
       assert.equal((await advanceWatermark(db, watermarks, logger)).decision, 'written');
       assert.equal((await watermarks.read())?.watermark.lastRunId, next.runId);
+    });
+
+    test('a run that started from the operator’s value moves it on, whatever the clocks say (same millisecond, database clock behind)', async () => {
+      const { logger } = recordingLogger();
+      for (const [setAt, startedAt] of [
+        ['2026-03-08T03:00:00.123Z', '2026-03-08T03:00:00.123456Z'],
+        ['2026-03-08T03:00:05.000Z', '2026-03-08T03:00:03.000Z'],
+      ] as const) {
+        await operatorSets(watermarks, '2026-03-08T02:00:00.000Z', setAt);
+        const run = await insertRun(db, {
+          runType: 'incremental',
+          watermarkBefore: '2026-03-08T02:00:00.000Z',
+          updatedTo: '2026-03-11T02:00:00.000Z',
+          startedAt,
+        });
+        await completeRun(db, run.runId, run.partitionIds);
+        assert.equal((await advanceWatermark(db, watermarks, logger)).decision, 'written', `set at ${setAt}, run started ${startedAt}`);
+        assert.equal((await watermarks.read())?.watermark.lastRunId, run.runId);
+        await db.query(`DELETE FROM run_partitions`);
+        await db.query(`DELETE FROM run_metadata`);
+      }
     });
   });
 });
