@@ -109,6 +109,7 @@ async function equalWidthPlan(config: Config, full: boolean): Promise<{ planned:
     priceField: config.nivoda.priceField,
     partitions,
     scan: { countQueries: 1, durationMs: seconds * 1000, start: 'cold', stopReason: 'equal-width', balance: 0, rounds: 1 },
+    scanPoints: [],
   };
   return { planned, requests: client.stats().requests, seconds };
 }

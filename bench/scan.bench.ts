@@ -117,7 +117,7 @@ async function main(): Promise<void> {
     const base = inventory.priceCents;
     const cold = await scan(base, full);
     results.get('full cold')!.push(cold);
-    const history = warmStartFrom(cold.scan.total, planPartitions(cold.scan, full));
+    const history = warmStartFrom(cold.scan.total, planPartitions(cold.scan, full), cold.scan.points);
     results.get('full warm')!.push(await scan(drift(base, seed, false), full, history));
     results.get('full warm + spike')!.push(await scan(drift(base, seed, true), full, history));
 
@@ -128,7 +128,13 @@ async function main(): Promise<void> {
     results.get('incremental cold')!.push(await scan(tonight, incremental));
     results
       .get('incremental warm')!
-      .push(await scan(tonight, incremental, warmStartFrom(lastNight.scan.total, planPartitions(lastNight.scan, incremental))));
+      .push(
+        await scan(
+          tonight,
+          incremental,
+          warmStartFrom(lastNight.scan.total, planPartitions(lastNight.scan, incremental), lastNight.scan.points),
+        ),
+      );
     if (process.env.BENCH_VERBOSE) {
       const r = (x: Result): string =>
         `${x.scan.countQueries}q/${x.scan.rounds}r ${x.maxOverIdeal.toFixed(3)} ${x.scan.start}:${x.scan.stopReason} floor ${x.scan.floor.toFixed(3)}`;

@@ -123,7 +123,9 @@ export async function planCommand(
     { config, nivoda, logger, onCount, watermarks: await openWatermarks(config), history: (like) => planHistory(config, logger, like) },
     { ...options, signal: stop },
   ).finally(() => progress?.clear());
-  out(options.json ? JSON.stringify(planned) : formatPlan(planned, config.heatmap.strategy));
+  // The scan's points are for the next run's warm start, not for reading.
+  const { scanPoints: _points, ...shown } = planned;
+  out(options.json ? JSON.stringify(shown) : formatPlan(planned, config.heatmap.strategy));
 }
 
 export async function statusCommand(

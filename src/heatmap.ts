@@ -32,7 +32,6 @@ import type { HeatmapStrategy } from './config.js';
 import { PRICE_AXIS_END, type PriceBounds } from './domain.js';
 import {
   bracket,
-  windowOf,
   cutCandidates,
   minimax,
   normalisePoints,
@@ -55,16 +54,26 @@ export interface WarmStart {
   total: number;
   /** Its cut prices: the priceMin of every partition but the first, increasing whole dollars. */
   cuts: readonly number[];
+  /**
+   * Every point its scan probed (stones below each price, against its total), when recorded: the
+   * shape of the inventory between the cuts, spikes included, that tonight's first round cannot see.
+   */
+  points?: readonly CumulativePoint[];
 }
 
-/** A WarmStart from a recorded plan: its total and its partitions (any order). */
-export function warmStartFrom(total: number, partitions: readonly { priceMin: number; priceMax: number }[]): WarmStart {
+/** A WarmStart from a recorded plan: its total, its partitions (any order) and, when recorded, its scan's points. */
+export function warmStartFrom(
+  total: number,
+  partitions: readonly { priceMin: number; priceMax: number }[],
+  points?: readonly CumulativePoint[],
+): WarmStart {
   return {
     total,
     cuts: partitions
       .map((p) => p.priceMin)
       .filter((price) => price > 0)
       .sort((a, b) => a - b),
+    ...(points && points.length > 0 ? { points } : {}),
   };
 }
 
@@ -307,13 +316,13 @@ async function seedScan(probe: Prober, total: number, options: ScanOptions): Pro
 //   3a. on a cold start of at least SWEEP_MIN_PARTS partitions, the chain gives way to a sweep
 //      (sweepHoles) that fixes boundaries left to right, each once, in a window set when it
 //      comes up; the chain takes over for good once the sweep is stuck or short of budget;
-//   3b. on a warm start whose plan is already within 1 % of the target (the usual night), the
-//      chain gives way to repairs (repairHoles): short runs of new boundaries between the
-//      furthest point a feasible prefix reaches and the nearest a feasible suffix starts from,
-//      probed as alternatives (any one fills the plan), so one night costs a few rounds at most;
-//   4. one probe per hole (the widest first, at most waveSize per round): a monotone curve in
-//      (log price, logit share) for a wide bracket, linear in price for a narrow one, and a
-//      bisection when the bracket did not halve since its last probe.
+//   4. one probe per hole (the widest first, at most waveSize per round): on a warm start with
+//      last run's points, last run's curve rescaled to the bracket (PriorCurve: it knows where
+//      last night's spikes were); else a monotone curve in (log price, logit share) for a wide
+//      bracket, linear in price for a narrow one, and a bisection when the bracket did not halve
+//      since its last probe. A bracket whose stones stay while its price range shrinks holds a
+//      spike the target sits in: SPIKE_PROBES spread over it (every dollar once it is narrow)
+//      find its edges in a round or two instead of a bisection per round.
 
 /** Brackets at most this wide (in price, relative to their low end) are interpolated linearly. */
 const NARROW = 0.15;
@@ -326,13 +335,10 @@ const ANCHOR_SHARE = 0.5;
 /** Longest run of holes between two probed anchors that planChain considers (keeps it fast for large N). */
 const MAX_RUN = 64;
 /**
- * Warm repairs (see repairHoles): runs of at most this many new boundaries, tried once the plan
- * over the probed points is within this share of the ideal of the target, on plans of at least
- * REPAIR_MIN_PARTS partitions (measured: on small plans and on cold scans the chain does better).
+ * Probes spread over a bracket that holds a spike (see SpikeWatch). Measured on the spike nights
+ * of seeds 101–130 (checked on 201–230): 3 and 4 alike, rounds median 5 → 4, max 16 → 13.
  */
-const REPAIR_RUN = 3;
-const REPAIR_NEAR = 0.01;
-const REPAIR_MIN_PARTS = 10;
+const SPIKE_PROBES = 3;
 
 async function quantileScan(probe: Prober, options: ScanOptions): Promise<Outcome> {
   const rules = options.partitions;
@@ -371,6 +377,11 @@ async function quantileScan(probe: Prober, options: ScanOptions): Promise<Outcom
   const limit = (1 + tolerance) * (total / n);
   /** Log-price bracket width when each price was probed: the bisection safeguard's memory. */
   const widthWhenProbed = new Map<number, number>();
+  const spikes = new SpikeWatch();
+  const prior =
+    start.start === 'warm' && warm!.points !== undefined && warm!.points.length >= 2
+      ? new PriorCurve(normalisePoints(warm!.points, warm!.total), warm!.total)
+      : undefined;
   const sweep: SweepState = { parts: 0, maxLoad: 0, fixed: [], widths: [], off: false };
   for (;;) {
     const points = normalisePoints(probe.points(), total);
@@ -389,39 +400,36 @@ async function quantileScan(probe: Prober, options: ScanOptions): Promise<Outcom
     const room = Math.min(wave, budget - probe.queries);
     if (room <= 0) return { ...start, stopReason: 'budget' };
 
-    const near =
-      start.start === 'warm' &&
-      parts >= REPAIR_MIN_PARTS &&
-      best.partitions === parts &&
-      best.maxLoad <= maxLoad + REPAIR_NEAR * (total / parts);
-    const repairs = !near ? [] : repairHoles(points, known, total, parts, maxLoad, min, REPAIR_RUN);
     const swept =
       start.start === 'cold' && parts >= SWEEP_MIN_PARTS && !sweep.off
         ? sweepHoles(sweep, points, known, total, parts, maxLoad, min, room, budget - probe.queries)
         : undefined;
     const holes =
-      repairs.length > 0
-        ? repairs
-        : swept !== undefined && swept.length > 0
-          ? swept
-          : planChain(
-              points,
-              known,
-              total,
-              parts,
-              maxLoad,
-              min,
-              MIN_HALF_SHARE * ((maxLoad - total / parts) / 2),
-              anchorPrices(points, start.start === 'warm' ? warm!.cuts : [], parts, ANCHOR_SHARE * (maxLoad - total / parts)),
-            );
+      swept !== undefined && swept.length > 0
+        ? swept
+        : planChain(
+            points,
+            known,
+            total,
+            parts,
+            maxLoad,
+            min,
+            MIN_HALF_SHARE * ((maxLoad - total / parts) / 2),
+            anchorPrices(points, start.start === 'warm' ? warm!.cuts : [], parts, ANCHOR_SHARE * (maxLoad - total / parts)),
+          );
     const curve = new MonotoneCurve(points, total);
     const chosen: number[] = [];
     for (const hole of holes) {
       if (chosen.length >= room) break;
-      const price = guess(hole, curve, widthWhenProbed);
-      if (price === undefined || probe.has(price) || chosen.includes(price)) continue;
-      chosen.push(price);
-      widthWhenProbed.set(price, logPrice(hole.hi.price) - logPrice(hole.lo.price));
+      const spread = spikes.holds(hole) ? spikes.spread(hole) : undefined;
+      const prices = spread ?? [guess(hole, curve, widthWhenProbed, prior)];
+      for (const price of prices) {
+        if (chosen.length >= room) break;
+        if (price === undefined || probe.has(price) || chosen.includes(price)) continue;
+        chosen.push(price);
+        widthWhenProbed.set(price, logPrice(hole.hi.price) - logPrice(hole.lo.price));
+        spikes.probed(price, hole);
+      }
     }
     // Nothing left to probe means every remaining way to the target runs through a one-dollar
     // gap: as far as whole-dollar cuts go, this is the best there is.
@@ -720,75 +728,6 @@ function planChain(
 }
 
 /**
- * Repairs of a nearly feasible plan, as alternatives: any one of them meets the target. With
- * F(k) the probed points a plan's first k partitions can end at and B(k) those its last n − k can
- * start from (loads in [min, maxLoad]), a run of m new boundaries between the furthest point of
- * F(i) and the nearest of B(i + m + 1) completes a plan when every one lands in its window. The
- * ends only move outwards as points are probed, so these windows never shrink (no chasing).
- * Cheapest option first, its holes together; empty when no option of at most maxRun holes exists.
- */
-function repairHoles(
-  points: NormalisedPoints,
-  known: readonly CumulativePoint[],
-  total: number,
-  n: number,
-  maxLoad: number,
-  min: number,
-  maxRun: number,
-): Hole[] {
-  const counts = known.map((p) => p.below);
-  const m = counts.length;
-  const furthest = reachFrom(counts, n, min, maxLoad, (reach) => {
-    for (let j = m - 1; j >= 0; j--) if (reach[j]) return j;
-    return -1;
-  });
-  const mirrored = counts.map((_, i) => total - counts[m - 1 - i]!);
-  const nearest = reachFrom(mirrored, n, min, maxLoad, (reach) => {
-    for (let j = m - 1; j >= 0; j--) if (reach[j]) return m - 1 - j;
-    return -1;
-  }).reverse();
-  const options: Array<{ cost: number; half: number; holes: Hole[] }> = [];
-  for (let i = 0; i < n; i++) {
-    const a = furthest[i]!;
-    if (a < 0) continue;
-    for (let h = 1; h <= maxRun && i + h + 1 <= n; h++) {
-      const b = nearest[i + h + 1]!;
-      if (b < 0) continue;
-      const u = counts[a]!;
-      const v = counts[b]!;
-      if (v - u > (h + 1) * maxLoad || v - u < (h + 1) * min) continue;
-      const run = runCost(points, counts, u, v, h, maxLoad, min, 0);
-      if (run === undefined || run.cost === 0) continue;
-      const spacing = (v - u) / (h + 1);
-      options.push({ cost: run.cost, half: run.half, holes: runHoles(points, counts, u, v, h, runHalf(spacing, h, maxLoad, min)) });
-    }
-  }
-  options.sort((x, y) => x.cost - y.cost || y.half - x.half);
-  return options.flatMap((o) => o.holes);
-}
-
-/** For k = 0 … n: pick(reach) of the points a chain of k partitions with loads in [min, maxLoad] from counts[0] can end at. */
-function reachFrom(counts: readonly number[], n: number, min: number, maxLoad: number, pick: (reach: Uint8Array) => number): number[] {
-  const m = counts.length;
-  const windows = counts.map((_, j) => windowOf(counts, j, min, maxLoad));
-  let reach = new Uint8Array(m);
-  reach[0] = 1;
-  const out = [pick(reach)];
-  const prefix = new Int32Array(m + 1);
-  for (let k = 1; k <= n; k++) {
-    for (let i = 0; i < m; i++) prefix[i + 1] = prefix[i]! + reach[i]!;
-    const next = new Uint8Array(m);
-    for (let j = 1; j < m; j++) {
-      const [lo, hi] = windows[j]!;
-      if (hi >= lo && prefix[hi + 1]! - prefix[lo]! > 0) next[j] = 1;
-    }
-    reach = next;
-    out.push(pick(reach));
-  }
-  return out;
-}
-
-/**
  * Half-window of the holes of a run spaced `spacing` apart: a lone hole between two anchors may
  * move by all of the slack either way; in a longer run two holes share each inner partition's.
  */
@@ -861,10 +800,52 @@ function firstAtLeast(values: readonly number[], limit: number): number {
   return lo;
 }
 
+/**
+ * Brackets that hold a spike a hole's target sits in: after a probe, the bracket kept most of
+ * its stones (more than HELD) while its price range shrank (below SHRUNK). Interpolation or
+ * bisection then finds the spike's edges a dollar range at a time, a round each; spreading
+ * SPIKE_PROBES over the bracket does it in one or two.
+ */
+class SpikeWatch {
+  private static readonly HELD = 0.8;
+  private static readonly SHRUNK = 0.7;
+  /** For each probed price: its hole's bracket (stones, dollars) when it was probed. */
+  private readonly when = new Map<number, { stones: number; dollars: number }>();
+
+  probed(price: number, hole: Hole): void {
+    this.when.set(price, { stones: hole.hi.below - hole.lo.below, dollars: hole.hi.price - hole.lo.price });
+  }
+
+  holds(hole: Hole): boolean {
+    const stones = hole.hi.below - hole.lo.below;
+    const dollars = hole.hi.price - hole.lo.price;
+    if (dollars <= 2) return false;
+    return [hole.lo.price, hole.hi.price].some((price) => {
+      const before = this.when.get(price);
+      return before !== undefined && stones > SpikeWatch.HELD * before.stones && dollars < SpikeWatch.SHRUNK * before.dollars;
+    });
+  }
+
+  /** Evenly spread over the bracket; every dollar in it once that takes at most twice as many. */
+  spread(hole: Hole): number[] {
+    const dollars = hole.hi.price - hole.lo.price;
+    const k = dollars - 1 <= 2 * SPIKE_PROBES ? dollars - 1 : SPIKE_PROBES;
+    return Array.from({ length: k }, (_, i) => Math.round(hole.lo.price + (dollars * (i + 1)) / (k + 1)));
+  }
+}
+
 /** The price to probe for a hole: strictly inside its bracket. */
-function guess(hole: Hole, curve: MonotoneCurve, widthWhenProbed: ReadonlyMap<number, number>): number | undefined {
+function guess(
+  hole: Hole,
+  curve: MonotoneCurve,
+  widthWhenProbed: ReadonlyMap<number, number>,
+  prior: PriorCurve | undefined,
+): number | undefined {
   const { lo, hi, target } = hole;
   if (hi.price - lo.price <= 1) return undefined;
+  // Last run's shape beats any curve through tonight's few points, and knows no stalling.
+  const fromPrior = prior?.priceAt(target, lo, hi);
+  if (fromPrior !== undefined) return fromPrior;
   const width = logPrice(hi.price) - logPrice(lo.price);
   // Interpolation converging from one side shrinks its bracket slowly: bisect then.
   const stalled = [lo.price, hi.price].some((p) => {
@@ -1016,6 +997,11 @@ class MonotoneCurve {
     return Math.expm1((a + b) / 2);
   }
 
+  /** The curve's stones below `price`, a price between known points i and i + 1. */
+  belowAt(price: number, i: number): number {
+    return this.total / (1 + Math.exp(-this.at(i, logPrice(price))));
+  }
+
   private at(i: number, x: number): number {
     const x0 = this.xs[i]!;
     const h = this.xs[i + 1]! - x0;
@@ -1034,4 +1020,61 @@ class MonotoneCurve {
     const f = clamp(below / this.total, 0.5 / this.total, 1 - 0.5 / this.total);
     return Math.log(f / (1 - f));
   }
+}
+
+/**
+ * Last run's cumulative curve, rescaled between tonight's probed points: a night moves little,
+ * so last run's shape inside a bracket (its spikes included, which tonight's few points cannot
+ * show) is the best guess of tonight's. Between last run's own points, its monotone curve.
+ */
+class PriorCurve {
+  private readonly prices: number[];
+  private readonly curve: MonotoneCurve;
+
+  constructor(
+    private readonly points: NormalisedPoints,
+    total: number,
+  ) {
+    this.prices = points.map((p) => p.price);
+    this.curve = new MonotoneCurve(points, total);
+  }
+
+  /** Where tonight's count reaches `target` between lo and hi by last run's shape; undefined when last run probed nothing inside. */
+  priceAt(target: number, lo: CumulativePoint, hi: CumulativePoint): number | undefined {
+    const inside = firstAbove(this.prices, lo.price);
+    if (inside >= this.prices.length || this.prices[inside]! >= hi.price) return undefined;
+    const a = this.below(lo.price);
+    const b = this.below(hi.price);
+    if (!(b > a) || !(hi.below > lo.below)) return undefined;
+    const wanted = a + ((target - lo.below) / (hi.below - lo.below)) * (b - a);
+    // The lowest whole dollar strictly inside the bracket where last run's curve reaches it.
+    let l = lo.price + 1;
+    let h = hi.price - 1;
+    while (l < h) {
+      const mid = Math.floor((l + h) / 2);
+      if (this.below(mid) >= wanted) h = mid;
+      else l = mid + 1;
+    }
+    return l;
+  }
+
+  private below(price: number): number {
+    const i = firstAbove(this.prices, price) - 1;
+    if (i < 0) return 0;
+    const at = this.points[i]!;
+    if (at.price === price || i + 1 >= this.points.length) return at.below;
+    return this.curve.belowAt(price, i);
+  }
+}
+
+/** The first index whose value is greater than x (values increasing). */
+function firstAbove(values: readonly number[], x: number): number {
+  let lo = 0;
+  let hi = values.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (values[mid]! <= x) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
 }

@@ -22,7 +22,17 @@ import {
   unpublishedRuns,
   type RecordedRun,
 } from './db/runs.js';
-import type { BaseFilter, Partition, PriceField, RunType, UpdatedWindow, Watermark, WorkItemMessage } from './domain.js';
+import type { CumulativePoint } from './density.js';
+import {
+  PRICE_AXIS_END,
+  type BaseFilter,
+  type Partition,
+  type PriceField,
+  type RunType,
+  type UpdatedWindow,
+  type Watermark,
+  type WorkItemMessage,
+} from './domain.js';
 import { PermanentError, StoppedError, stopIfAsked, toError } from './errors.js';
 import { scanDensity, warmStartFrom } from './heatmap.js';
 import type { Logger } from './log.js';
@@ -53,6 +63,8 @@ export interface Plan {
     balance: number;
     rounds: number;
   };
+  /** Every point the scan probed (inside the price axis): recorded with the run, the next scan's warm start. */
+  scanPoints: readonly CumulativePoint[];
 }
 
 export interface PlanDeps {
@@ -72,6 +84,8 @@ export interface ScanHistory {
   runId: string;
   totalRecords: number;
   partitions: readonly Partition[];
+  /** Every point that run's scan probed, when recorded. */
+  points?: readonly CumulativePoint[];
 }
 
 export interface RunDeps extends PlanDeps {
@@ -170,7 +184,7 @@ async function scanWindow(deps: PlanDeps, { runType, window, watermark }: Resolv
       concurrency: config.nivoda.maxConcurrency,
       balanceTolerance: config.heatmap.balanceTolerance,
       maxQueries: config.heatmap.maxCountQueries,
-      warmStart: history ? warmStartFrom(history.totalRecords, history.partitions) : undefined,
+      warmStart: history ? warmStartFrom(history.totalRecords, history.partitions, history.points) : undefined,
     },
   );
   const durationMs = Math.round(performance.now() - started);
@@ -180,7 +194,7 @@ async function scanWindow(deps: PlanDeps, { runType, window, watermark }: Resolv
       start: scan.start,
       startReason: scan.startReason,
       ...(scan.startDetail && { startDetail: scan.startDetail }),
-      ...(history && { historyRunId: history.runId }),
+      ...(history && { historyRunId: history.runId, historyPoints: history.points?.length ?? 0 }),
     },
     scan.start === 'warm' ? "scan started from the last comparable run's boundaries" : 'cold scan (no usable history)',
   );
@@ -212,6 +226,7 @@ async function scanWindow(deps: PlanDeps, { runType, window, watermark }: Resolv
       balance: Number(scan.balance.toFixed(4)),
       rounds: scan.rounds,
     },
+    scanPoints: scan.points.filter((p) => p.price > 0 && p.price < PRICE_AXIS_END),
   };
 }
 
@@ -301,6 +316,7 @@ export async function run(deps: RunDeps, options: RunOptions = {}): Promise<RunO
         totalRecords: planned.totalRecords,
         countQueries: planned.scan.countQueries,
         scanDurationMs: planned.scan.durationMs,
+        scanPoints: planned.scanPoints,
       },
       planned.partitions,
       { emptyRawTable: full },
@@ -444,5 +460,12 @@ export async function scanHistory(
   like: { runType: RunType; priceField: PriceField; baseQuery: BaseFilter },
 ): Promise<ScanHistory | undefined> {
   const last = await lastComparableRun(db, like);
-  return last && { runId: last.run.runId, totalRecords: last.run.totalRecords, partitions: last.partitions };
+  return (
+    last && {
+      runId: last.run.runId,
+      totalRecords: last.run.totalRecords,
+      partitions: last.partitions,
+      ...(last.scanPoints && { points: last.scanPoints }),
+    }
+  );
 }

@@ -232,8 +232,17 @@ describe('command line, end to end', () => {
     // Last night's plan of the same kind is the starting point: a warm scan, cheaper than the cold one.
     const start = forced.logs.find((l) => l.start !== undefined);
     assert.equal(start?.start, 'warm', JSON.stringify(start));
-    const [cold, warm] = (await sql.query(`SELECT count_queries FROM run_metadata WHERE status <> 'failed' ORDER BY started_at`)).rows;
+    const [cold, warm] = (
+      await sql.query(
+        `SELECT count_queries, jsonb_array_length(scan_points) AS points FROM run_metadata WHERE status <> 'failed' ORDER BY started_at`,
+      )
+    ).rows;
     assert.ok(Number(warm.count_queries) < Number(cold.count_queries), `warm ${warm.count_queries} < cold ${cold.count_queries}`);
+    // Every price a scan probed is recorded with its run (the total is the one query without a
+    // price), and the warm scan started from all of last night's.
+    assert.equal(Number(cold.points), Number(cold.count_queries) - 1);
+    assert.equal(Number(warm.points), Number(warm.count_queries) - 1);
+    assert.equal(start?.historyPoints, Number(cold.points));
   });
 
   it('a run left in scheduling by a crash is finished by the next run --full: same run id, no scan, raw table untouched', async () => {

@@ -19,6 +19,7 @@ import {
   beginRun,
   failInterruptedScans,
   getRun,
+  lastComparableRun,
   notePublishAttempt,
   unpublishedRuns,
   listPartitions,
@@ -351,6 +352,29 @@ forEachBackend('database port', [postgres, pglite], (suite) => {
     assert.equal(await rawCount(db), 2);
     await assert.rejects(recordRun(db, run, TWO_PARTITIONS, { emptyRawTable: true }), /is scheduling, not scanning/);
     assert.equal(await rawCount(db), 2, 'the refused full run emptied nothing');
+  });
+
+  suite.test('the last comparable run carries its scan points; without them, or malformed, it still carries its plan', async (fixture) => {
+    const db = await recordsDb(fixture);
+    await db.exec('DELETE FROM run_metadata');
+    const like = { runType: 'incremental' as const, priceField: 'dollar_value' as const, baseQuery: {} };
+    const scanPoints = [
+      { price: 250, below: 1200 },
+      { price: 2500, below: 3300 },
+    ];
+    const run = newRun({ scanPoints });
+    await recordRun(db, run, TWO_PARTITIONS, { emptyRawTable: false });
+    await markPublished(db, run.runId);
+    const last = await lastComparableRun(db, like);
+    assert.equal(last?.run.runId, run.runId);
+    assert.deepEqual(last?.scanPoints, scanPoints);
+    for (const stored of ['[[250, -1]]', '[[250]]', '{"price": 250}', null]) {
+      await db.query(`UPDATE run_metadata SET scan_points = $2::jsonb WHERE run_id = $1`, [run.runId, stored]);
+      const found = await lastComparableRun(db, like);
+      assert.equal(found?.run.runId, run.runId, String(stored));
+      assert.equal(found?.partitions.length, 2);
+      assert.equal(found?.scanPoints, undefined, `${String(stored)} is no scan points`);
+    }
   });
 
   suite.test(

@@ -305,15 +305,26 @@ describe('scanDensity: warm start, balance target, budget', () => {
     return out;
   };
 
-  it('a warm start on a drifted inventory is exact, probes the total with the old boundaries, and costs less than cold', async () => {
+  it('a warm start on a drifted inventory is exact, probes the total with the old boundaries, costs less than cold, and less still with last run’s points', async () => {
     const cold = await planFor(base, quantile(fullRules));
     assert.equal(cold.scan.start, 'cold');
     assert.equal(cold.scan.startReason, 'no-history');
-    const history = warmStartFrom(cold.scan.total, cold.plan);
+    const history = warmStartFrom(cold.scan.total, cold.plan, cold.scan.points);
     assert.equal(history.cuts.length, cold.plan.length - 1);
+    assert.equal(history.points, cold.scan.points);
     for (const [i, spike] of [undefined, 700].entries()) {
       const tonight = drifted(base, 5 + i, spike);
       const warm = await planFor(tonight, quantile(fullRules, { warmStart: history }));
+      // Without last run's points (a run recorded before they were kept) it still works, at a cost
+      // on the spike night: its guesses cannot see the spikes between the old boundaries.
+      const blind = await planFor(tonight, quantile(fullRules, { warmStart: warmStartFrom(cold.scan.total, cold.plan) }));
+      assertContract(tonight, blind.plan, fullRules);
+      assert.equal(blind.scan.stopReason, 'balanced');
+      if (spike !== undefined)
+        assert.ok(
+          warm.scan.countQueries < blind.scan.countQueries,
+          `with points ${warm.scan.countQueries}, without ${blind.scan.countQueries}`,
+        );
       assertContract(tonight, warm.plan, fullRules);
       assert.equal(warm.scan.start, 'warm');
       assert.equal(warm.scan.startReason, 'history');

@@ -56,6 +56,14 @@ export interface NewRun {
   scanDurationMs: number;
   /** When the run began; the database's now() when absent. */
   startedAt?: string;
+  /** Every point the scan probed, for the next run's warm start. */
+  scanPoints?: readonly ScanPoint[];
+}
+
+/** A probed price and the stones below it (src/density.ts CumulativePoint). */
+export interface ScanPoint {
+  price: number;
+  below: number;
 }
 
 export interface PartitionRecord extends Partition {
@@ -122,13 +130,13 @@ export async function recordRun(
     await tx.exec(`SET LOCAL lock_timeout = ${lockTimeoutMs}`);
     const rows = await tx.query(
       `INSERT INTO run_metadata AS r (run_id, run_type, status, expected_workers, watermark_before, updated_from,
-         updated_to, price_field, base_query, total_records, count_queries, scan_duration_ms, started_at, recorded_at)
-       VALUES ($1, $2, 'scheduling', $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, COALESCE($12::timestamptz, now()), now())
+         updated_to, price_field, base_query, total_records, count_queries, scan_duration_ms, started_at, recorded_at, scan_points)
+       VALUES ($1, $2, 'scheduling', $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, COALESCE($12::timestamptz, now()), now(), $13::jsonb)
        ON CONFLICT (run_id) DO UPDATE SET run_type = EXCLUDED.run_type, status = 'scheduling',
          expected_workers = EXCLUDED.expected_workers, watermark_before = EXCLUDED.watermark_before,
          updated_from = EXCLUDED.updated_from, updated_to = EXCLUDED.updated_to, price_field = EXCLUDED.price_field,
          base_query = EXCLUDED.base_query, total_records = EXCLUDED.total_records, count_queries = EXCLUDED.count_queries,
-         scan_duration_ms = EXCLUDED.scan_duration_ms, recorded_at = now()
+         scan_duration_ms = EXCLUDED.scan_duration_ms, recorded_at = now(), scan_points = EXCLUDED.scan_points
        WHERE r.status = 'scanning'
        RETURNING run_id`,
       [
@@ -144,6 +152,7 @@ export async function recordRun(
         run.countQueries,
         run.scanDurationMs,
         run.startedAt ?? null,
+        run.scanPoints ? JSON.stringify(run.scanPoints.map((p) => [p.price, p.below])) : null,
       ],
     );
     if (rows.length === 0) throw new RunStateError(await whyNot(tx, run.runId, 'scanning'));
@@ -334,9 +343,9 @@ export async function lastPublishedFullRun(db: Queryable): Promise<RunRecord | u
 export async function lastComparableRun(
   db: Queryable,
   like: { runType: RunType; priceField: PriceField; baseQuery: BaseQuery },
-): Promise<{ run: RunRecord; partitions: PartitionRecord[] } | undefined> {
+): Promise<{ run: RunRecord; partitions: PartitionRecord[]; scanPoints?: ScanPoint[] } | undefined> {
   const rows = await db.query(
-    `SELECT ${RUN_COLUMNS} FROM run_metadata
+    `SELECT ${RUN_COLUMNS}, scan_points FROM run_metadata
      WHERE run_type = $1 AND price_field = $2 AND base_query = $3::jsonb AND published_at IS NOT NULL
        AND status IN ('published', 'completed') AND expected_workers > 0
      ORDER BY started_at DESC, run_id DESC LIMIT 1`,
@@ -344,7 +353,20 @@ export async function lastComparableRun(
   );
   if (!rows[0]) return undefined;
   const run = toRunRecord(rows[0]);
-  return { run, partitions: await listPartitions(db, run.runId) };
+  const scanPoints = toScanPoints(rows[0].scan_points);
+  return { run, partitions: await listPartitions(db, run.runId), ...(scanPoints && { scanPoints }) };
+}
+
+/** Stored scan points, or undefined when absent or not [price, below] pairs of counts (then the boundaries alone warm the scan). */
+function toScanPoints(stored: unknown): ScanPoint[] | undefined {
+  const value: unknown = typeof stored === 'string' ? JSON.parse(stored) : stored;
+  if (!Array.isArray(value)) return undefined;
+  const points: ScanPoint[] = [];
+  for (const pair of value as unknown[]) {
+    if (!Array.isArray(pair) || pair.length !== 2 || !pair.every((n) => Number.isInteger(n) && (n as number) >= 0)) return undefined;
+    points.push({ price: pair[0] as number, below: pair[1] as number });
+  }
+  return points;
 }
 
 function toRunRecord(row: Row): RunRecord {
