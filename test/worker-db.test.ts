@@ -6,7 +6,6 @@ import { randomUUID } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { Writable } from 'node:stream';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import { advanceWatermark, finishPartition } from '../src/consolidate.js';
 import type { Database } from '../src/db/database.js';
@@ -15,7 +14,7 @@ import { claimPartition, failedPartitions, failPartition, reserveRetries, retryG
 import { openPostgres } from '../src/db/postgres.js';
 import { PRICE_AXIS_END, type WorkItemMessage } from '../src/domain.js';
 import type { WorkerConfig } from '../src/config.js';
-import { createLogger, type Logger } from '../src/log.js';
+import type { Logger } from '../src/log.js';
 import type { NivodaClient } from '../src/nivoda/client.js';
 import type { Offer, SearchPage } from '../src/nivoda/documents.js';
 import type { DiamondQuery } from '../src/nivoda/query.js';
@@ -24,22 +23,8 @@ import type { ReceivedWorkItem, WorkItemQueue } from '../src/queue/queue.js';
 import { handleDelivery } from '../src/worker.js';
 import { FileWatermarkStore } from '../src/watermark/file-store.js';
 import type { WatermarkStore } from '../src/watermark.js';
+import { captureLogs } from './helpers/logs.js';
 import { createTestDatabase, type TestDatabase } from './helpers/postgres.js';
-
-/** Lines at debug and above, kept for assertions. */
-export function recordingLogger(): { logger: Logger; records: () => Record<string, unknown>[] } {
-  const lines: string[] = [];
-  const destination = new Writable({
-    write(chunk: Buffer, _encoding, done) {
-      lines.push(...chunk.toString('utf8').split('\n').filter(Boolean));
-      done();
-    },
-  });
-  return {
-    logger: createLogger({ level: 'debug', destination, pretty: false }),
-    records: () => lines.map((l) => JSON.parse(l) as Record<string, unknown>),
-  };
-}
 
 interface RunSpec {
   runType?: 'full' | 'incremental';
@@ -225,7 +210,7 @@ describe('worker and consolidator: database paths', () => {
   const running = new AbortController().signal;
 
   test('a partition that never verifies fails with its cause: the run is not completed, the watermark does not move; a retry delivery completes it', async () => {
-    const { logger, records } = recordingLogger();
+    const { logger, records } = captureLogs({ level: 'debug' });
     const run = await insertRun(db, { updatedTo: '2026-03-10T02:00:00.000Z' });
     // The count sees a stone that no page ever shows: paging lost it.
     const vendor = fakeVendor(120);
@@ -272,7 +257,7 @@ describe('worker and consolidator: database paths', () => {
   });
 
   test('a run abandoned while its partition is worked: the worker stops at the next page, writes nothing more, settles the message', async () => {
-    const { logger } = recordingLogger();
+    const { logger } = captureLogs({ level: 'debug' });
     const run = await insertRun(db, { updatedTo: '2026-03-10T02:00:00.000Z' });
     const vendor = fakeVendor(300);
     // The operator runs `abandon <runId>` while the second page is fetched.
@@ -294,7 +279,7 @@ describe('worker and consolidator: database paths', () => {
 
   describe('the watermark is written once per run, never over an operator', () => {
     test('a rewind (`watermark set`) after the run’s watermark was written stands through later consolidations', async () => {
-      const { logger } = recordingLogger();
+      const { logger } = captureLogs({ level: 'debug' });
       const run = await insertRun(db, { updatedTo: '2026-03-10T02:00:00.000Z' });
       await completeRun(db, run.runId, run.partitionIds);
       const first = await advanceWatermark(db, watermarks, logger);
@@ -309,7 +294,7 @@ describe('worker and consolidator: database paths', () => {
     });
 
     test('a `watermark clear` after the run’s watermark was written stands (the next run is full)', async () => {
-      const { logger } = recordingLogger();
+      const { logger } = captureLogs({ level: 'debug' });
       const run = await insertRun(db, { updatedTo: '2026-03-10T02:00:00.000Z' });
       await completeRun(db, run.runId, run.partitionIds);
       assert.equal((await advanceWatermark(db, watermarks, logger)).decision, 'written');
@@ -320,7 +305,7 @@ describe('worker and consolidator: database paths', () => {
     });
 
     test('a rewind between a run’s completion and its watermark write (a crash) is not undone by the repair', async () => {
-      const { logger } = recordingLogger();
+      const { logger } = captureLogs({ level: 'debug' });
       const earlier = await insertRun(db, { updatedTo: '2026-03-09T02:00:00.000Z' });
       await completeRun(db, earlier.runId, earlier.partitionIds);
       assert.equal((await advanceWatermark(db, watermarks, logger)).decision, 'written');
@@ -341,7 +326,7 @@ describe('worker and consolidator: database paths', () => {
     });
 
     test('a watermark cleared under an incremental run is not re-created when that run completes', async () => {
-      const { logger } = recordingLogger();
+      const { logger } = captureLogs({ level: 'debug' });
       const run = await insertRun(db, {
         runType: 'incremental',
         watermarkBefore: '2026-03-09T02:00:00.000Z',
@@ -353,7 +338,7 @@ describe('worker and consolidator: database paths', () => {
     });
 
     test('the normal path still writes: a first full run on no watermark, then an incremental run over the last run’s watermark', async () => {
-      const { logger } = recordingLogger();
+      const { logger } = captureLogs({ level: 'debug' });
       const full = await insertRun(db, { updatedTo: '2026-03-09T02:00:00.000Z' });
       await completeRun(db, full.runId, full.partitionIds);
       assert.equal((await advanceWatermark(db, watermarks, logger)).decision, 'written');
@@ -382,7 +367,7 @@ describe('worker and consolidator: database paths', () => {
     });
 
     test('a run that started from the operator’s value moves it on, whatever the clocks say (same millisecond, database clock behind)', async () => {
-      const { logger } = recordingLogger();
+      const { logger } = captureLogs({ level: 'debug' });
       for (const [setAt, startedAt] of [
         ['2026-03-08T03:00:00.123Z', '2026-03-08T03:00:00.123456Z'],
         ['2026-03-08T03:00:05.000Z', '2026-03-08T03:00:03.000Z'],
