@@ -102,7 +102,7 @@ function workItem(runId: string, partitionId = 'partition-0', updatedTo = '2026-
 /**
  * An in-memory vendor: `stones` offers in createdAt order, paged by offset; `countExtra` stones
  * the count sees and the listing never shows (a stone paging loses); `afterSearch` runs after
- * every page.
+ * every page and may change `offers` (the listing as the next page sees it).
  */
 function fakeVendor(stones: number) {
   const offers: Offer[] = Array.from({ length: stones }, (_, i) => ({
@@ -116,6 +116,7 @@ function fakeVendor(stones: number) {
     },
   }));
   const vendor = {
+    offers,
     countExtra: 0,
     searches: 0,
     afterSearch: undefined as ((n: number) => Promise<void>) | undefined,
@@ -227,6 +228,7 @@ describe('worker and consolidator: database paths', () => {
     assert.deepEqual([row.pass, row.next_offset], [1, 0], 'the next delivery pages it afresh');
     const failedLine = records().find((r) => r.msg?.toString().startsWith('partition failed: not verified'));
     assert.equal(failedLine?.level, 'error', 'logged at error level');
+    assert.deepEqual([failedLine?.resyncs, failedLine?.resyncPages], [0, 0], 'the resync counts are logged with the failure');
     assert.equal((await runRow(db, run.runId)).status, 'published');
     assert.equal((await advanceWatermark(db, watermarks, logger)).decision, 'nothing-due');
     assert.equal(await watermarks.read(), null, 'the watermark did not move');
@@ -254,6 +256,24 @@ describe('worker and consolidator: database paths', () => {
     assert.equal((await partitionRow(db, run.runId)).status, 'done');
     assert.equal((await runRow(db, run.runId)).status, 'completed');
     assert.equal((await watermarks.read())?.watermark.lastRunId, run.runId);
+  });
+
+  test('a listing that shifts under the cursor: the partition resyncs, verifies, and its "partition done" line counts the resyncs', async () => {
+    const { logger, records } = captureLogs({ level: 'debug' });
+    const run = await insertRun(db, { updatedTo: '2026-03-10T02:00:00.000Z' });
+    const vendor = fakeVendor(200);
+    // After the second page the first stone leaves the listing: the next page does not begin
+    // with the overlap stone, and one step back finds it.
+    vendor.afterSearch = async (n) => {
+      if (n === 2) vendor.offers.shift();
+    };
+    const { item, settled } = delivery(workItem(run.runId), `${run.runId}:partition-0`);
+    const handled = await handleDelivery(deps(vendor.client, logger), item, running);
+    assert.equal(handled.kind, 'done');
+    assert.deepEqual(settled, ['complete']);
+    const done = records().find((r) => r.msg === 'partition done');
+    assert.equal(done?.passes, 1, 'bridged by the resync: no second pass');
+    assert.deepEqual([done?.resyncs, done?.resyncPages], [1, 1]);
   });
 
   test('a run abandoned while its partition is worked: the worker stops at the next page, writes nothing more, settles the message', async () => {
