@@ -415,6 +415,8 @@ async function workPartition(
         kept: outcome.kept,
         discrepancy: outcome.discrepancy,
         cutShortPasses: outcome.cutShortPasses,
+        resyncs: outcome.resyncs,
+        resyncPages: outcome.resyncPages,
         cause,
       },
       'partition failed: not verified against the exact count (`worker retry <runId>` pages it again)',
@@ -430,6 +432,10 @@ async function workPartition(
       written,
       searches: outcome.calls.search,
       counts: outcome.calls.count,
+      // A resync bridges a listing that shifted under the cursor, so this is the only trace of a
+      // vendor reordering while it is paged (until a shift too large to bridge costs a pass).
+      resyncs: outcome.resyncs,
+      resyncPages: outcome.resyncPages,
     },
     'partition done',
   );

@@ -12,7 +12,7 @@ import { acquireLock } from '../src/lease.js';
 import { createLogger } from '../src/log.js';
 import { startSimulator, type Simulator } from '../tools/simulator/server.js';
 import { startAzurite, type Azurite } from './helpers/azurite.js';
-import { runCli, type CliResult } from './helpers/cli.js';
+import { nivodaEnv, runCli, type CliResult } from './helpers/cli.js';
 import { createTestDatabase, type TestDatabase } from './helpers/postgres.js';
 import { startServiceBusPeer, type ServiceBusPeer } from './helpers/servicebus-peer.js';
 
@@ -87,15 +87,8 @@ describe('command line, end to end', () => {
     if (tmp) await rm(tmp, { recursive: true, force: true });
   });
 
-  const nivodaEnv = () => ({
-    NIVODA_ENDPOINT: sim.url,
-    NIVODA_USERNAME: sim.username,
-    NIVODA_PASSWORD: sim.password,
-    NIVODA_MAX_REQUESTS_PER_SECOND: '200',
-    NIVODA_GLOBAL_REQUESTS_PER_SECOND: '200',
-  });
   const azureEnv = (container = 'watermarks') => ({
-    ...nivodaEnv(),
+    ...nivodaEnv(sim),
     DATABASE_URL: database.url,
     AZURE_STORAGE_CONNECTION_STRING: azurite.connectionString,
     WATERMARK_CONTAINER: container,
@@ -115,10 +108,10 @@ describe('command line, end to end', () => {
   });
 
   it('exits 2 on bad usage and on a bad NIVODA_QUERY, before touching anything', async () => {
-    assert.equal((await runCli(['frobnicate'], nivodaEnv())).code, 2);
+    assert.equal((await runCli(['frobnicate'], nivodaEnv(sim))).code, 2);
     assert.equal((await runCli(['status', '--limit', '0'], {})).code, 2);
     const result = await runCli(['plan'], {
-      ...nivodaEnv(),
+      ...nivodaEnv(sim),
       NIVODA_QUERY: '{"updatedAt": {"from": "2024-01-01T00:00:00Z"}}',
       HEATMAP_MAX_WORKERS: 'many',
     });
@@ -131,7 +124,7 @@ describe('command line, end to end', () => {
 
   it('plan --json prints a plan that holds every stone exactly once and writes nothing', async () => {
     const dataDir = path.join(tmp, 'plan');
-    const result = await runCli(['plan', '--json'], { ...nivodaEnv(), SCHEDULER_DATA_DIR: dataDir });
+    const result = await runCli(['plan', '--json'], { ...nivodaEnv(sim), SCHEDULER_DATA_DIR: dataDir });
     assert.equal(result.code, 0, result.stderr);
     const plan = JSON.parse(result.stdout) as PlanJson;
     assert.equal(plan.runType, 'full');
@@ -152,7 +145,7 @@ describe('command line, end to end', () => {
 
   it('plan --json on the dollar_per_carat axis holds every stone exactly once too', async () => {
     const result = await runCli(['plan', '--json'], {
-      ...nivodaEnv(),
+      ...nivodaEnv(sim),
       NIVODA_PRICE_FIELD: 'dollar_per_carat',
       SCHEDULER_DATA_DIR: path.join(tmp, 'plan-ppc'),
     });
@@ -435,7 +428,7 @@ describe('command line, end to end', () => {
   });
 
   it('runs with zero setup: embedded database, file watermark, local queue', async () => {
-    const env = { ...nivodaEnv(), SCHEDULER_DATA_DIR: path.join(tmp, 'embedded') };
+    const env = { ...nivodaEnv(sim), SCHEDULER_DATA_DIR: path.join(tmp, 'embedded') };
     const result = await runCli(['run'], env);
     assert.equal(result.code, 0, result.stderr);
     const peek = await runCli(['queue', 'peek', '--limit', '100'], env);

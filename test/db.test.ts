@@ -29,6 +29,7 @@ import {
   rawTableHasRows,
   markPublished,
   recordRun,
+  storedError,
   lastPublishedFullRun,
   unfinishedRuns,
   type NewRun,
@@ -189,6 +190,15 @@ test('a migration file not named NNN_name.sql is refused', async () => {
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+// Backend-independent too: the rule both tables' `error` columns are written by.
+test('a stored error is scrubbed of secrets and bounded in length', () => {
+  const stored = storedError(`connect to postgres://scheduler:hunter2secret@db.example.com/prod failed: ${'x'.repeat(10_000)}`);
+  assert.ok(stored.startsWith('connect to postgres://'), stored.slice(0, 80));
+  assert.ok(!stored.includes('hunter2secret'));
+  assert.equal(stored.length, 4000);
+  assert.equal(storedError('short'), 'short');
 });
 
 forEachBackend('database port', [postgres, pglite], (suite) => {

@@ -26,7 +26,7 @@ import { POSTGRES_TOKEN_SCOPE } from '../src/identity.js';
 import { openWatermarkStore } from '../src/watermark/open.js';
 import { startSimulator, type Simulator } from '../tools/simulator/server.js';
 import { createTestCertificate, startAzurite, type Azurite, type TestCertificate } from './helpers/azurite.js';
-import { runCli } from './helpers/cli.js';
+import { nivodaEnv, runCli } from './helpers/cli.js';
 import { closedPort, startServiceBusPeer, type ServiceBusPeer } from './helpers/servicebus-peer.js';
 
 const run = promisify(execFile);
@@ -439,20 +439,12 @@ describe('managed identity: the real command line in production', async () => {
     if (tmp) await rm(tmp, { recursive: true, force: true });
   });
 
-  const nivodaEnv = () => ({
-    NIVODA_ENDPOINT: sim.url,
-    NIVODA_USERNAME: sim.username,
-    NIVODA_PASSWORD: sim.password,
-    NIVODA_MAX_REQUESTS_PER_SECOND: '200',
-    NIVODA_GLOBAL_REQUESTS_PER_SECOND: '200',
-  });
-
   it('run: DefaultAzureCredential gets the user-assigned identity tokens for Blob, Service Bus and PostgreSQL', async (t) => {
     if (!cluster) return t.skip('no PostgreSQL server binaries under /usr/lib/postgresql');
     const role = 'scheduler-mi';
     await createRole(cluster, role, identity.tokenFor(resourceOf(POSTGRES_TOKEN_SCOPE)));
     const result = await runCli(['run'], {
-      ...nivodaEnv(),
+      ...nivodaEnv(sim),
       NODE_ENV: 'production',
       // The child trusts the test certificate from its start: Azurite and the peer both serve it.
       NODE_EXTRA_CA_CERTS: cert.certFile,
@@ -511,7 +503,7 @@ describe('managed identity: the real command line in production', async () => {
   it('production without a connection string or an account URL / namespace exits 2 naming both of each', async () => {
     const before = sim.stats().countQueries;
     const result = await runCli(['run'], {
-      ...nivodaEnv(),
+      ...nivodaEnv(sim),
       NODE_ENV: 'production',
       DATABASE_URL: 'postgres://scheduler@127.0.0.1:5432/scheduler',
       SCHEDULER_DATA_DIR: path.join(tmp, 'refused'),

@@ -6,7 +6,6 @@ import { randomUUID } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { Writable } from 'node:stream';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import { advanceWatermark, finishPartition } from '../src/consolidate.js';
 import type { Database } from '../src/db/database.js';
@@ -15,7 +14,7 @@ import { claimPartition, failedPartitions, failPartition, reserveRetries, retryG
 import { openPostgres } from '../src/db/postgres.js';
 import { PRICE_AXIS_END, type WorkItemMessage } from '../src/domain.js';
 import type { WorkerConfig } from '../src/config.js';
-import { createLogger, type Logger } from '../src/log.js';
+import type { Logger } from '../src/log.js';
 import type { NivodaClient } from '../src/nivoda/client.js';
 import type { Offer, SearchPage } from '../src/nivoda/documents.js';
 import type { DiamondQuery } from '../src/nivoda/query.js';
@@ -24,22 +23,8 @@ import type { ReceivedWorkItem, WorkItemQueue } from '../src/queue/queue.js';
 import { handleDelivery } from '../src/worker.js';
 import { FileWatermarkStore } from '../src/watermark/file-store.js';
 import type { WatermarkStore } from '../src/watermark.js';
+import { captureLogs } from './helpers/logs.js';
 import { createTestDatabase, type TestDatabase } from './helpers/postgres.js';
-
-/** Lines at debug and above, kept for assertions. */
-export function recordingLogger(): { logger: Logger; records: () => Record<string, unknown>[] } {
-  const lines: string[] = [];
-  const destination = new Writable({
-    write(chunk: Buffer, _encoding, done) {
-      lines.push(...chunk.toString('utf8').split('\n').filter(Boolean));
-      done();
-    },
-  });
-  return {
-    logger: createLogger({ level: 'debug', destination, pretty: false }),
-    records: () => lines.map((l) => JSON.parse(l) as Record<string, unknown>),
-  };
-}
 
 interface RunSpec {
   runType?: 'full' | 'incremental';
@@ -117,7 +102,7 @@ function workItem(runId: string, partitionId = 'partition-0', updatedTo = '2026-
 /**
  * An in-memory vendor: `stones` offers in createdAt order, paged by offset; `countExtra` stones
  * the count sees and the listing never shows (a stone paging loses); `afterSearch` runs after
- * every page.
+ * every page and may change `offers` (the listing as the next page sees it).
  */
 function fakeVendor(stones: number) {
   const offers: Offer[] = Array.from({ length: stones }, (_, i) => ({
@@ -131,6 +116,7 @@ function fakeVendor(stones: number) {
     },
   }));
   const vendor = {
+    offers,
     countExtra: 0,
     searches: 0,
     afterSearch: undefined as ((n: number) => Promise<void>) | undefined,
@@ -225,7 +211,7 @@ describe('worker and consolidator: database paths', () => {
   const running = new AbortController().signal;
 
   test('a partition that never verifies fails with its cause: the run is not completed, the watermark does not move; a retry delivery completes it', async () => {
-    const { logger, records } = recordingLogger();
+    const { logger, records } = captureLogs({ level: 'debug' });
     const run = await insertRun(db, { updatedTo: '2026-03-10T02:00:00.000Z' });
     // The count sees a stone that no page ever shows: paging lost it.
     const vendor = fakeVendor(120);
@@ -242,6 +228,7 @@ describe('worker and consolidator: database paths', () => {
     assert.deepEqual([row.pass, row.next_offset], [1, 0], 'the next delivery pages it afresh');
     const failedLine = records().find((r) => r.msg?.toString().startsWith('partition failed: not verified'));
     assert.equal(failedLine?.level, 'error', 'logged at error level');
+    assert.deepEqual([failedLine?.resyncs, failedLine?.resyncPages], [0, 0], 'the resync counts are logged with the failure');
     assert.equal((await runRow(db, run.runId)).status, 'published');
     assert.equal((await advanceWatermark(db, watermarks, logger)).decision, 'nothing-due');
     assert.equal(await watermarks.read(), null, 'the watermark did not move');
@@ -271,8 +258,26 @@ describe('worker and consolidator: database paths', () => {
     assert.equal((await watermarks.read())?.watermark.lastRunId, run.runId);
   });
 
+  test('a listing that shifts under the cursor: the partition resyncs, verifies, and its "partition done" line counts the resyncs', async () => {
+    const { logger, records } = captureLogs({ level: 'debug' });
+    const run = await insertRun(db, { updatedTo: '2026-03-10T02:00:00.000Z' });
+    const vendor = fakeVendor(200);
+    // After the second page the first stone leaves the listing: the next page does not begin
+    // with the overlap stone, and one step back finds it.
+    vendor.afterSearch = async (n) => {
+      if (n === 2) vendor.offers.shift();
+    };
+    const { item, settled } = delivery(workItem(run.runId), `${run.runId}:partition-0`);
+    const handled = await handleDelivery(deps(vendor.client, logger), item, running);
+    assert.equal(handled.kind, 'done');
+    assert.deepEqual(settled, ['complete']);
+    const done = records().find((r) => r.msg === 'partition done');
+    assert.equal(done?.passes, 1, 'bridged by the resync: no second pass');
+    assert.deepEqual([done?.resyncs, done?.resyncPages], [1, 1]);
+  });
+
   test('a run abandoned while its partition is worked: the worker stops at the next page, writes nothing more, settles the message', async () => {
-    const { logger } = recordingLogger();
+    const { logger } = captureLogs({ level: 'debug' });
     const run = await insertRun(db, { updatedTo: '2026-03-10T02:00:00.000Z' });
     const vendor = fakeVendor(300);
     // The operator runs `abandon <runId>` while the second page is fetched.
@@ -294,7 +299,7 @@ describe('worker and consolidator: database paths', () => {
 
   describe('the watermark is written once per run, never over an operator', () => {
     test('a rewind (`watermark set`) after the run’s watermark was written stands through later consolidations', async () => {
-      const { logger } = recordingLogger();
+      const { logger } = captureLogs({ level: 'debug' });
       const run = await insertRun(db, { updatedTo: '2026-03-10T02:00:00.000Z' });
       await completeRun(db, run.runId, run.partitionIds);
       const first = await advanceWatermark(db, watermarks, logger);
@@ -309,7 +314,7 @@ describe('worker and consolidator: database paths', () => {
     });
 
     test('a `watermark clear` after the run’s watermark was written stands (the next run is full)', async () => {
-      const { logger } = recordingLogger();
+      const { logger } = captureLogs({ level: 'debug' });
       const run = await insertRun(db, { updatedTo: '2026-03-10T02:00:00.000Z' });
       await completeRun(db, run.runId, run.partitionIds);
       assert.equal((await advanceWatermark(db, watermarks, logger)).decision, 'written');
@@ -320,7 +325,7 @@ describe('worker and consolidator: database paths', () => {
     });
 
     test('a rewind between a run’s completion and its watermark write (a crash) is not undone by the repair', async () => {
-      const { logger } = recordingLogger();
+      const { logger } = captureLogs({ level: 'debug' });
       const earlier = await insertRun(db, { updatedTo: '2026-03-09T02:00:00.000Z' });
       await completeRun(db, earlier.runId, earlier.partitionIds);
       assert.equal((await advanceWatermark(db, watermarks, logger)).decision, 'written');
@@ -341,7 +346,7 @@ describe('worker and consolidator: database paths', () => {
     });
 
     test('a watermark cleared under an incremental run is not re-created when that run completes', async () => {
-      const { logger } = recordingLogger();
+      const { logger } = captureLogs({ level: 'debug' });
       const run = await insertRun(db, {
         runType: 'incremental',
         watermarkBefore: '2026-03-09T02:00:00.000Z',
@@ -353,7 +358,7 @@ describe('worker and consolidator: database paths', () => {
     });
 
     test('the normal path still writes: a first full run on no watermark, then an incremental run over the last run’s watermark', async () => {
-      const { logger } = recordingLogger();
+      const { logger } = captureLogs({ level: 'debug' });
       const full = await insertRun(db, { updatedTo: '2026-03-09T02:00:00.000Z' });
       await completeRun(db, full.runId, full.partitionIds);
       assert.equal((await advanceWatermark(db, watermarks, logger)).decision, 'written');
@@ -382,7 +387,7 @@ describe('worker and consolidator: database paths', () => {
     });
 
     test('a run that started from the operator’s value moves it on, whatever the clocks say (same millisecond, database clock behind)', async () => {
-      const { logger } = recordingLogger();
+      const { logger } = captureLogs({ level: 'debug' });
       for (const [setAt, startedAt] of [
         ['2026-03-08T03:00:00.123Z', '2026-03-08T03:00:00.123456Z'],
         ['2026-03-08T03:00:05.000Z', '2026-03-08T03:00:03.000Z'],

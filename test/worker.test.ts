@@ -7,7 +7,6 @@ import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { Writable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
@@ -16,7 +15,6 @@ import { loadConfig, type Config } from '../src/config.js';
 import { advanceWatermark, finishPartition, watermarkTarget } from '../src/consolidate.js';
 import type { Database } from '../src/db/database.js';
 import { claimPartition } from '../src/db/partitions.js';
-import { createLogger, type Logger } from '../src/log.js';
 import { vendorBudget } from '../src/nivoda/budget.js';
 import { createNivodaClient, type NivodaClient } from '../src/nivoda/client.js';
 import { run } from '../src/scheduler.js';
@@ -25,26 +23,12 @@ import { runWorker, type WorkerSummary } from '../src/worker.js';
 import type { InventorySnapshot } from '../tools/simulator/mutation.js';
 import { startSimulator, type Simulator, type SimulatorOptions } from '../tools/simulator/server.js';
 import { runCli } from './helpers/cli.js';
+import { captureLogs } from './helpers/logs.js';
 import { createTestDatabase, type TestDatabase } from './helpers/postgres.js';
 import { startServiceBusPeer, type ServiceBusPeer } from './helpers/servicebus-peer.js';
 
 const QUEUE = 'work-items';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-
-/** Lines at info and above, kept for assertions (trace would be one line per request). */
-function quietLogger(): { logger: Logger; records: () => Record<string, unknown>[] } {
-  const lines: string[] = [];
-  const destination = new Writable({
-    write(chunk: Buffer, _encoding, done) {
-      lines.push(...chunk.toString('utf8').split('\n').filter(Boolean));
-      done();
-    },
-  });
-  return {
-    logger: createLogger({ level: 'info', destination, pretty: false }),
-    records: () => lines.map((l) => JSON.parse(l) as Record<string, unknown>),
-  };
-}
 
 interface Setup {
   sim: Simulator;
@@ -85,7 +69,7 @@ async function setup(sim: SimulatorOptions, extra: Record<string, string> = {}):
 /** The real scheduler, in process: one run (full unless a watermark exists). */
 async function schedule(env: Record<string, string>, options: { full?: boolean } = {}): Promise<string> {
   const config = loadConfig(env);
-  const { logger } = quietLogger();
+  const { logger } = captureLogs({ level: 'info' });
   const resources = await openResources(config, logger);
   try {
     const nivoda = createNivodaClient(config.nivoda, logger, { baseDelayMs: 20, maxDelayMs: 200 });
@@ -116,7 +100,7 @@ async function startWorker(
   } = {},
 ): Promise<WorkerHandle> {
   const config: Config = loadConfig(env);
-  const { logger, records } = quietLogger();
+  const { logger, records } = captureLogs({ level: 'info' });
   const resources = await openResources(config, logger);
   const nivoda = createNivodaClient(config.nivoda, logger, {
     baseDelayMs: 20,
@@ -496,7 +480,7 @@ describe('worker and consolidator on PostgreSQL with the Service Bus peer', () =
     try {
       for (let round = 0; round < 5; round++) {
         const runId = await schedule(s.env, { full: true });
-        const { logger } = quietLogger();
+        const { logger } = captureLogs({ level: 'info' });
         const config = loadConfig(s.env);
         const [a, b] = await Promise.all([openResources(config, logger), openResources(config, logger)]);
         try {

@@ -9,15 +9,11 @@
 import { randomUUID } from 'node:crypto';
 import { FRESH_PROGRESS, type PassProgress } from '../fetch-partition.js';
 import { PermanentError } from '../errors.js';
-import { scrub } from '../log.js';
 import type { Offer } from '../nivoda/documents.js';
-import type { RunStatus } from './runs.js';
+import { storedError, type RunStatus } from './runs.js';
 import { isoOrNull, type Database, type Queryable } from './database.js';
 
 export type PartitionStatus = 'pending' | 'working' | 'done' | 'failed';
-
-/** Long enough for a cause with context; bounded so a huge error body cannot bloat the table. */
-const MAX_ERROR_LENGTH = 4000;
 
 /** Another delivery claimed the partition since (this one's lock was lost): stop, settle nothing. */
 export class ClaimLostError extends PermanentError {
@@ -207,7 +203,7 @@ export async function markPartitionUnverified(db: Queryable, claim: Claim, finis
       finish.kept,
       finish.count,
       finish.discrepancy,
-      scrub(error).slice(0, MAX_ERROR_LENGTH),
+      storedError(error),
       finish.calls.search,
       finish.calls.count,
     ],
@@ -223,7 +219,7 @@ export async function releasePartition(db: Queryable, claim: Claim, error: strin
   await db.query(
     `UPDATE run_partitions SET status = 'pending', claim_token = NULL, error = $4
      WHERE run_id = $1 AND partition_id = $2 AND claim_token = $3 AND status = 'working'`,
-    [claim.runId, claim.partitionId, claim.token, scrub(error).slice(0, MAX_ERROR_LENGTH)],
+    [claim.runId, claim.partitionId, claim.token, storedError(error)],
   );
 }
 
@@ -240,7 +236,7 @@ export async function failPartition(
   const rows = await db.query(
     `UPDATE run_partitions SET status = 'failed', finished_at = now(), claim_token = NULL, error = $3
      WHERE run_id = $1 AND partition_id = $2 AND status IN ('pending', 'working') AND retries <= $4 RETURNING partition_id`,
-    [runId, partitionId, scrub(error).slice(0, MAX_ERROR_LENGTH), options.generation ?? Number.MAX_SAFE_INTEGER],
+    [runId, partitionId, storedError(error), options.generation ?? Number.MAX_SAFE_INTEGER],
   );
   return rows.length > 0;
 }

@@ -84,6 +84,14 @@ const RECORD_LOCK_TIMEOUT_MS = 10_000;
 /** Long enough for a stack-free message with context; bounded so a huge error body cannot bloat the table. */
 const MAX_ERROR_LENGTH = 4000;
 
+/**
+ * The text an `error` column (of a run or of a partition) stores: scrubbed of secrets, because
+ * operators read it back with `status`, and bounded in length. The one rule for both tables.
+ */
+export function storedError(error: string): string {
+  return scrub(error).slice(0, MAX_ERROR_LENGTH);
+}
+
 const RUN_COLUMNS = `run_id, run_type, status, expected_workers, watermark_before, updated_from, updated_to,
   price_field, base_query, total_records, count_queries, scan_duration_ms, started_at, recorded_at, published_at,
   completed_at, publish_attempts, holder, error`;
@@ -231,7 +239,7 @@ export async function markPartitionsPublished(db: Queryable, runId: string, part
 export async function markFailed(db: Queryable, runId: string, error: string): Promise<boolean> {
   const rows = await db.query(
     `UPDATE run_metadata SET status = 'failed', error = $2 WHERE run_id = $1 AND status IN ('scanning', 'scheduling') RETURNING run_id`,
-    [runId, scrub(error).slice(0, MAX_ERROR_LENGTH)],
+    [runId, storedError(error)],
   );
   return rows.length > 0;
 }
@@ -273,7 +281,7 @@ export async function abandonRun(db: Database, runId: string, reason: string): P
     if (before === 'abandoned') return before;
     await tx.query(`UPDATE run_metadata SET status = 'abandoned', error = $2 WHERE run_id = $1`, [
       runId,
-      scrub(`abandoned by an operator: ${reason}`).slice(0, MAX_ERROR_LENGTH),
+      storedError(`abandoned by an operator: ${reason}`),
     ]);
     return before;
   });

@@ -3,6 +3,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { Simulator } from '../../tools/simulator/server.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -12,6 +13,20 @@ export interface CliResult {
   stderr: string;
   /** stderr parsed as the JSON log lines it must consist of. */
   logs: Array<Record<string, unknown>>;
+}
+
+/**
+ * The NIVODA_* settings that point the command line at a simulator. The rate caps are raised
+ * above their production defaults so that a test is not paced by a limit meant for the vendor.
+ */
+export function nivodaEnv(sim: Pick<Simulator, 'url' | 'username' | 'password'>): Record<string, string> {
+  return {
+    NIVODA_ENDPOINT: sim.url,
+    NIVODA_USERNAME: sim.username,
+    NIVODA_PASSWORD: sim.password,
+    NIVODA_MAX_REQUESTS_PER_SECOND: '200',
+    NIVODA_GLOBAL_REQUESTS_PER_SECOND: '200',
+  };
 }
 
 /** Runs the command line to its end. */

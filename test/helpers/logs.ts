@@ -13,10 +13,12 @@ export interface CapturedLogs {
 
 /**
  * A logger whose lines are kept. By default it is the application's own logger (redaction and
- * scrubbing included). With `scrubbed: false` it is a plain pino logger at trace level: a secret
- * found in those lines was handed to the logger, not merely masked on the way out.
+ * scrubbing included). With `scrubbed: false` it is a plain pino logger: a secret found in those
+ * lines was handed to the logger, not merely masked on the way out. `level` defaults to trace;
+ * a test that talks to a vendor over HTTP asks for less (trace is a line per request).
  */
-export function captureLogs(options: { scrubbed?: boolean } = {}): CapturedLogs {
+export function captureLogs(options: { scrubbed?: boolean; level?: string } = {}): CapturedLogs {
+  const level = options.level ?? 'trace';
   const chunks: string[] = [];
   const destination = new Writable({
     write(chunk: Buffer, _encoding, done) {
@@ -25,9 +27,7 @@ export function captureLogs(options: { scrubbed?: boolean } = {}): CapturedLogs 
     },
   });
   const logger =
-    options.scrubbed === false
-      ? pino({ level: 'trace', base: undefined }, destination)
-      : createLogger({ level: 'trace', destination, pretty: false });
+    options.scrubbed === false ? pino({ level, base: undefined }, destination) : createLogger({ level, destination, pretty: false });
   const lines = () =>
     chunks
       .join('')
