@@ -1028,6 +1028,7 @@ class MonotoneCurve {
  * show) is the best guess of tonight's. Between last run's own points, its monotone curve.
  */
 class PriorCurve {
+  /** Whole dollars, increasing (normalised points), so "after price p" is "at least p + 1". */
   private readonly prices: number[];
   private readonly curve: MonotoneCurve;
 
@@ -1041,7 +1042,7 @@ class PriorCurve {
 
   /** Where tonight's count reaches `target` between lo and hi by last run's shape; undefined when last run probed nothing inside. */
   priceAt(target: number, lo: CumulativePoint, hi: CumulativePoint): number | undefined {
-    const inside = firstAbove(this.prices, lo.price);
+    const inside = firstAtLeast(this.prices, lo.price + 1);
     if (inside >= this.prices.length || this.prices[inside]! >= hi.price) return undefined;
     const a = this.below(lo.price);
     const b = this.below(hi.price);
@@ -1059,22 +1060,10 @@ class PriorCurve {
   }
 
   private below(price: number): number {
-    const i = firstAbove(this.prices, price) - 1;
+    const i = firstAtLeast(this.prices, price + 1) - 1;
     if (i < 0) return 0;
     const at = this.points[i]!;
     if (at.price === price || i + 1 >= this.points.length) return at.below;
     return this.curve.belowAt(price, i);
   }
-}
-
-/** The first index whose value is greater than x (values increasing). */
-function firstAbove(values: readonly number[], x: number): number {
-  let lo = 0;
-  let hi = values.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (values[mid]! <= x) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
 }

@@ -8,6 +8,7 @@
 // failed after it was recorded (recorded_at set) is finished by the next invocation, never
 // re-scanned. 'abandoned' is only ever an operator's decision.
 import type { BaseQuery } from '../config.js';
+import type { CumulativePoint } from '../density.js';
 import type { Partition, PriceField, RunType } from '../domain.js';
 import { PermanentError } from '../errors.js';
 import { scrub } from '../log.js';
@@ -57,13 +58,7 @@ export interface NewRun {
   /** When the run began; the database's now() when absent. */
   startedAt?: string;
   /** Every point the scan probed, for the next run's warm start. */
-  scanPoints?: readonly ScanPoint[];
-}
-
-/** A probed price and the stones below it (src/density.ts CumulativePoint). */
-export interface ScanPoint {
-  price: number;
-  below: number;
+  scanPoints?: readonly CumulativePoint[];
 }
 
 export interface PartitionRecord extends Partition {
@@ -351,7 +346,7 @@ export async function lastPublishedFullRun(db: Queryable): Promise<RunRecord | u
 export async function lastComparableRun(
   db: Queryable,
   like: { runType: RunType; priceField: PriceField; baseQuery: BaseQuery },
-): Promise<{ run: RunRecord; partitions: PartitionRecord[]; scanPoints?: ScanPoint[] } | undefined> {
+): Promise<{ run: RunRecord; partitions: PartitionRecord[]; scanPoints?: CumulativePoint[] } | undefined> {
   const rows = await db.query(
     `SELECT ${RUN_COLUMNS}, scan_points FROM run_metadata
      WHERE run_type = $1 AND price_field = $2 AND base_query = $3::jsonb AND published_at IS NOT NULL
@@ -366,10 +361,10 @@ export async function lastComparableRun(
 }
 
 /** Stored scan points, or undefined when absent or not [price, below] pairs of counts (then the boundaries alone warm the scan). */
-function toScanPoints(stored: unknown): ScanPoint[] | undefined {
+function toScanPoints(stored: unknown): CumulativePoint[] | undefined {
   const value: unknown = typeof stored === 'string' ? JSON.parse(stored) : stored;
   if (!Array.isArray(value)) return undefined;
-  const points: ScanPoint[] = [];
+  const points: CumulativePoint[] = [];
   for (const pair of value as unknown[]) {
     if (!Array.isArray(pair) || pair.length !== 2 || !pair.every((n) => Number.isInteger(n) && (n as number) >= 0)) return undefined;
     points.push({ price: pair[0] as number, below: pair[1] as number });
