@@ -101,6 +101,29 @@ describe('Nivoda client against the simulator', () => {
     }
   });
 
+  it('replaces a token again when the new one expired during retries (short token lifetime, slow retries)', async () => {
+    fresh();
+    const nivoda = client({ requestTimeoutMs: 500 });
+    sim.configure({ tokenLifetimeMs: 400 });
+    try {
+      await nivoda.authenticate();
+      sim.resetStats();
+      // The count waits out a 503 (Retry-After 1 s), so its token has expired when it is retried;
+      // the replacement token then waits out another one and expires too.
+      sim.injectFaults(
+        { kind: 'status', status: 503, retryAfterSeconds: 1 },
+        { kind: 'none' }, // the retry, refused: token expired
+        { kind: 'none' }, // the re-authentication
+        { kind: 'status', status: 503, retryAfterSeconds: 1 },
+      );
+      assert.equal(await nivoda.count(WINDOW), countMatching(sim.inventory, WINDOW));
+      assert.equal(sim.stats().unauthenticated, 2, 'both tokens expired while their requests were retried');
+      assert.equal(sim.stats().authentications, 2, 'each was replaced');
+    } finally {
+      sim.configure({ tokenLifetimeMs: 6 * 3_600_000 });
+    }
+  });
+
   it('retries a 429 after its Retry-After and succeeds', async () => {
     fresh();
     const nivoda = client();

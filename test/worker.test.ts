@@ -539,9 +539,16 @@ describe('worker on PGlite with the local queue', () => {
         const result = compare(await rawRows(db), s.sim.snapshot());
         assert.deepEqual([result.missing.length, result.stale.length, result.extra.length], [0, 0, 0]);
         const runs = await db.query(`SELECT status FROM run_metadata`);
+        // When it fails, say why: the partitions that are not done and what the worker warned of.
+        const unfinished = await db.query(`SELECT * FROM run_partitions WHERE status <> 'done'`);
+        const queued = await db.query(
+          `SELECT message_id, state, delivery_count, locked_until, dead_letter_reason FROM local_work_items WHERE state <> 'completed'`,
+        );
+        const warnings = worked.stderr.split('\n').filter((line) => /"level":(40|50|60)/.test(line));
         assert.deepEqual(
           runs.map((r) => r.status),
           ['completed'],
+          JSON.stringify({ unfinished, queued, warnings: warnings.slice(-20) }, null, 1),
         );
         const queue = await db.query(`SELECT state, count(*)::int AS n FROM local_work_items GROUP BY state`);
         assert.deepEqual(

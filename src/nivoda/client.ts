@@ -12,6 +12,9 @@ import { createTransport, TokenRejected, type NivodaStats, type Operation } from
 
 export type { NivodaStats } from './transport.js';
 
+/** Refusals one call accepts before it fails (each replaced the token). */
+const MAX_TOKEN_REFUSALS = 4;
+
 export interface NivodaClient {
   /** diamonds_by_query_count: the exact number of stones matching `query`. */
   count(query: DiamondQuery, signal?: AbortSignal): Promise<number>;
@@ -72,25 +75,30 @@ export function createNivodaClient(options: NivodaConfig, logger: Logger, tuning
     tuning.tokenMaxAgeMs ?? 5 * 3_600_000,
   );
 
-  /** One call with the current token; a refused token is replaced once. */
+  /**
+   * One call with the current token; a refused token is replaced. A token is good for hours, but
+   * one request may spend longer than that in retries (a test's lifetime is seconds), so a
+   * replacement that was refused later is replaced too. A replacement refused within one
+   * request timeout of being issued was never good (the account or the vendor is at fault):
+   * that fails at once, and so does a call whose token is refused MAX_TOKEN_REFUSALS times.
+   */
   async function authenticated(op: 'count' | 'search', document: string, variables: Record<string, unknown>, signal?: AbortSignal) {
-    const first = await abortable(tokens.current(), signal);
-    try {
-      return await transport.send(op, document, { ...variables, token: first }, signal);
-    } catch (err) {
-      if (!(err instanceof TokenRejected)) throw wrap(op, err);
-      log.info({ op, reason: scrub(err.message) }, 'Nivoda token refused; re-authenticating');
-    }
-    const second = await abortable(tokens.replace(first), signal);
-    try {
-      return await transport.send(op, document, { ...variables, token: second }, signal);
-    } catch (err) {
-      if (err instanceof TokenRejected) {
-        throw new NivodaAuthenticationError(
-          `Nivoda ${op} failed: token refused again right after re-authenticating (${scrub(err.message)})`,
-        );
+    for (let refusals = 0; ;) {
+      const token = await abortable(tokens.current(), signal);
+      try {
+        return await transport.send(op, document, { ...variables, token }, signal);
+      } catch (err) {
+        if (!(err instanceof TokenRejected)) throw wrap(op, err);
+        refusals++;
+        const age = tokens.ageOf(token);
+        const stillborn = refusals > 1 && age !== undefined && age < options.requestTimeoutMs;
+        if (stillborn || refusals >= MAX_TOKEN_REFUSALS) {
+          const why = stillborn ? `${age} ms after it was issued` : `${refusals} times in a row`;
+          throw new NivodaAuthenticationError(`Nivoda ${op} failed: token refused again, ${why} (${scrub(err.message)})`);
+        }
+        log.info({ op, refusals, tokenAgeMs: age ?? null, reason: scrub(err.message) }, 'Nivoda token refused; re-authenticating');
+        await abortable(tokens.replace(token), signal);
       }
-      throw wrap(op, err);
     }
   }
 

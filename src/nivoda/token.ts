@@ -28,6 +28,11 @@ export class TokenCache {
     return this.inFlight;
   }
 
+  /** How long ago `value` was issued, if it is the cached token. */
+  ageOf(value: string): number | undefined {
+    return this.token?.value === value ? Date.now() - this.token.obtainedAt : undefined;
+  }
+
   /** After `rejected` was refused: a new token, unless another caller already replaced it. */
   replace(rejected: string): Promise<string> {
     if (this.token?.value === rejected) this.token = undefined;

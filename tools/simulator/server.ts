@@ -104,7 +104,9 @@ export interface SimulatorOptions {
 export type Fault =
   | { kind: 'status'; status: number; retryAfterSeconds?: number; body?: string }
   | { kind: 'timeout' }
-  | { kind: 'graphql-error'; message: string; code?: string };
+  | { kind: 'graphql-error'; message: string; code?: string }
+  /** Answered as usual: holds a place in the queue, so a later fault hits a chosen request. */
+  | { kind: 'none' };
 
 export interface SimulatorStats {
   /** Every HTTP request received, answered or not. */
