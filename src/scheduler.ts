@@ -55,7 +55,7 @@ export interface Plan {
   scan: {
     countQueries: number;
     durationMs: number;
-    /** Warm: started from the last comparable run's boundaries; cold: from scratch. */
+    /** Warm: started from the last comparable run's plan (boundaries and scan points); cold: from scratch. */
     start: 'warm' | 'cold';
     /** Why the scan stopped: the balance target reached, provably unreachable, or the query budget spent. */
     stopReason: string;
@@ -196,7 +196,9 @@ async function scanWindow(deps: PlanDeps, { runType, window, watermark }: Resolv
       ...(scan.startDetail && { startDetail: scan.startDetail }),
       ...(history && { historyRunId: history.runId, historyPoints: history.points?.length ?? 0 }),
     },
-    scan.start === 'warm' ? "scan started from the last comparable run's boundaries" : 'cold scan (no usable history)',
+    scan.start === 'warm'
+      ? "scan started from the last comparable run's plan (its boundaries, and its scan's points when recorded)"
+      : 'cold scan (no usable history)',
   );
   const figures = {
     totalRecords: scan.total,
