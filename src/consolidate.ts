@@ -75,12 +75,15 @@ interface RunRow {
   startedAt: string;
   /** The watermark the run started from (incremental runs only). */
   watermarkBefore: string | null;
+  /** The version of the watermark document the run read (null: none, or recorded before migration 007). */
+  watermarkEtag: string | null;
   watermarkWrittenAt: string | null;
 }
 
 async function recordedRuns(db: Queryable): Promise<RunRow[]> {
   const rows = await db.query(
-    `SELECT run_id, run_type, status, updated_to, completed_at, started_at, watermark_before, watermark_written_at FROM run_metadata
+    `SELECT run_id, run_type, status, updated_to, completed_at, started_at, watermark_before, watermark_etag, watermark_written_at
+       FROM run_metadata
       WHERE recorded_at IS NOT NULL AND status <> 'abandoned'
       ORDER BY started_at, run_id`,
   );
@@ -92,6 +95,7 @@ async function recordedRuns(db: Queryable): Promise<RunRow[]> {
     completedAt: row.completed_at ? iso(row.completed_at) : null,
     startedAt: iso(row.started_at),
     watermarkBefore: row.watermark_before ? iso(row.watermark_before) : null,
+    watermarkEtag: typeof row.watermark_etag === 'string' ? row.watermark_etag : null,
     watermarkWrittenAt: row.watermark_written_at ? iso(row.watermark_written_at) : null,
   }));
 }
@@ -119,16 +123,18 @@ const OPERATOR_RUN_ID = 'manual';
  * changed it after the run started (a rewind to re-fetch, or a clear under an incremental run,
  * which started from a watermark that is now gone). Null when the run's write may go ahead.
  *
- * The value the run started from (`watermarkBefore`) decides first: a run that read the
- * operator's value has fetched from it, so moving it on is what the operator asked for. Only a
- * different value falls back to the times, which come from two clocks (the operator's host, the
- * database) and are a tie within a millisecond, so they are not trusted alone.
+ * The document the run read decides first: a run that read the operator's very document (same
+ * etag) has fetched from it, so moving it on is what the operator asked for. Any other document
+ * falls back to the times, which come from two clocks (the operator's host, the database) and tie
+ * within a millisecond; a tie counts as the operator's, so it errs towards fetching again. An
+ * equal value is not the same document: an operator may set again, after the run started, the
+ * value it started from (to fetch again from there).
  */
 function operatorChange(due: RunRow, stored: StoredWatermark | null): string | null {
   if (!stored) return due.watermarkBefore !== null ? 'the watermark was cleared after the run started' : null;
-  const { lastRunId, lastRunCompletedAt, lastUpdatedAt } = stored.watermark;
+  const { lastRunId, lastRunCompletedAt } = stored.watermark;
   if (lastRunId !== OPERATOR_RUN_ID || lastRunCompletedAt === undefined) return null;
-  if (due.watermarkBefore !== null && Date.parse(due.watermarkBefore) === Date.parse(lastUpdatedAt)) return null;
+  if (due.watermarkEtag !== null && due.watermarkEtag === stored.etag) return null;
   if (Date.parse(lastRunCompletedAt) >= Date.parse(due.startedAt))
     return `an operator set the watermark at ${lastRunCompletedAt}, after the run started`;
   return null;

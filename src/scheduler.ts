@@ -120,9 +120,10 @@ const utc = (value: string): string => new Date(value).toISOString();
 export async function resolveWindow(
   deps: Pick<PlanDeps, 'config' | 'watermarks' | 'now'>,
   options: { full?: boolean },
-): Promise<{ runType: RunType; window: UpdatedWindow; watermark: Watermark | null }> {
+): Promise<{ runType: RunType; window: UpdatedWindow; watermark: Watermark | null; watermarkEtag: string | null }> {
   const stored = await deps.watermarks.read();
   const watermark = stored?.watermark ?? null;
+  const watermarkEtag = stored?.etag ?? null;
   const requested = options.full ? 'full' : deps.config.run.type;
   if (requested === 'incremental' && !watermark) {
     throw new PermanentError(
@@ -132,7 +133,7 @@ export async function resolveWindow(
   }
   const runType: RunType = requested === 'full' || !watermark ? 'full' : 'incremental';
   const to = (deps.now ?? (() => new Date()))().toISOString();
-  if (runType === 'full' || !watermark) return { runType, window: { to }, watermark };
+  if (runType === 'full' || !watermark) return { runType, window: { to }, watermark, watermarkEtag };
   if (Date.parse(watermark.lastUpdatedAt) > Date.parse(to)) {
     throw new PermanentError(
       `the watermark at ${deps.watermarks.location} is in the future (lastUpdatedAt ${watermark.lastUpdatedAt}, now ${to}); ` +
@@ -140,7 +141,7 @@ export async function resolveWindow(
     );
   }
   const from = new Date(Date.parse(watermark.lastUpdatedAt) - deps.config.run.safetyBufferMinutes * 60_000);
-  return { runType, window: { from: from.toISOString(), to }, watermark };
+  return { runType, window: { from: from.toISOString(), to }, watermark, watermarkEtag };
 }
 
 function rulesFor(config: Config, runType: RunType): PartitionRules {
@@ -290,6 +291,7 @@ export async function run(deps: RunDeps, options: RunOptions = {}): Promise<RunO
     await describeRun(db, runId, {
       runType: resolved.runType,
       watermarkBefore: resolved.watermark && resolved.runType === 'incremental' ? utc(resolved.watermark.lastUpdatedAt) : null,
+      watermarkEtag: resolved.watermarkEtag,
       updatedFrom: resolved.window.from ?? null,
       updatedTo: resolved.window.to,
       priceField: deps.config.nivoda.priceField,

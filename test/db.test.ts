@@ -378,7 +378,7 @@ forEachBackend('database port', [postgres, pglite], (suite) => {
     const last = await lastComparableRun(db, like);
     assert.equal(last?.run.runId, run.runId);
     assert.deepEqual(last?.scanPoints, scanPoints);
-    for (const stored of ['[[250, -1]]', '[[250]]', '{"price": 250}', null]) {
+    for (const stored of ['[[250, -1]]', '[[250]]', '{"price": 250}', '"oops"', '"[[250, 1200]]"', null]) {
       await db.query(`UPDATE run_metadata SET scan_points = $2::jsonb WHERE run_id = $1`, [run.runId, stored]);
       const found = await lastComparableRun(db, like);
       assert.equal(found?.run.runId, run.runId, String(stored));

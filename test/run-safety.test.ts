@@ -11,6 +11,7 @@ import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
 import type { WorkItemMessage } from '../src/domain.js';
+import { FileWatermarkStore } from '../src/watermark/file-store.js';
 import { startSimulator, type Simulator } from '../tools/simulator/server.js';
 import { runCli, startCli } from './helpers/cli.js';
 import { createTestDatabase, type TestDatabase } from './helpers/postgres.js';
@@ -324,6 +325,9 @@ describe('run safety on the real process', () => {
       assert.equal(result.code, 0, result.stderr);
       const [run] = await t.runs();
       const runId = String(run?.run_id);
+      // The document it started from, so an operator's later `watermark set` is told apart from it.
+      const read = await new FileWatermarkStore(path.join(dir, 'nivoda.json')).read();
+      assert.equal(run?.watermark_etag, read?.etag);
       const bodies = t.peer.messages(QUEUE).map((m) => m.body as WorkItemMessage);
       assert.ok(bodies.length > 0);
       assert.ok(bodies.every((b) => b.watermarkBefore === '2026-11-30T02:00:00.000Z' && b.updatedFrom === '2026-11-30T01:45:00.000Z'));

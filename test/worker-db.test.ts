@@ -30,6 +30,8 @@ interface RunSpec {
   runType?: 'full' | 'incremental';
   updatedTo: string;
   watermarkBefore?: string;
+  /** The etag of the watermark document the run read at its start. */
+  watermarkEtag?: string;
   partitions?: number;
   /** The database's clock by default. */
   startedAt?: string;
@@ -41,9 +43,9 @@ async function insertRun(db: Database, spec: RunSpec): Promise<{ runId: string; 
   const incremental = spec.runType === 'incremental';
   await db.query(
     `INSERT INTO run_metadata (run_id, run_type, status, expected_workers, watermark_before, updated_from, updated_to, price_field,
-                               started_at, recorded_at, published_at)
+                               started_at, recorded_at, published_at, watermark_etag)
      VALUES ($1, $2, 'published', $3, $4::timestamptz, $5::timestamptz, $6::timestamptz, 'dollar_value',
-             coalesce($7::timestamptz, clock_timestamp()), now(), now())`,
+             coalesce($7::timestamptz, clock_timestamp()), now(), now(), $8)`,
     [
       runId,
       spec.runType ?? 'full',
@@ -52,6 +54,7 @@ async function insertRun(db: Database, spec: RunSpec): Promise<{ runId: string; 
       incremental ? (spec.watermarkBefore ?? spec.updatedTo) : null,
       spec.updatedTo,
       spec.startedAt ?? null,
+      spec.watermarkEtag ?? null,
     ],
   );
   const partitionIds: string[] = [];
@@ -386,6 +389,39 @@ describe('worker and consolidator: database paths', () => {
       assert.equal((await watermarks.read())?.watermark.lastRunId, next.runId);
     });
 
+    test('an operator who sets the value a running run started from again, after it started, is not overwritten', async () => {
+      const { logger } = captureLogs({ level: 'debug' });
+      const w0 = '2026-03-08T02:00:00.000Z';
+      await operatorSets(watermarks, w0, '2026-03-08T03:00:00.000Z');
+      const read = (await watermarks.read())!.etag;
+      const r0 = await insertRun(db, {
+        runType: 'incremental',
+        watermarkBefore: w0,
+        watermarkEtag: read,
+        updatedTo: '2026-03-09T02:00:00.000Z',
+        startedAt: '2026-03-09T02:00:00.000Z',
+      });
+      // The next night starts while r0 is still worked, from the same document.
+      const r2 = await insertRun(db, {
+        runType: 'incremental',
+        watermarkBefore: w0,
+        watermarkEtag: read,
+        updatedTo: '2026-03-10T02:00:00.000Z',
+        startedAt: '2026-03-10T02:00:00.000Z',
+      });
+      await completeRun(db, r0.runId, r0.partitionIds);
+      assert.equal((await advanceWatermark(db, watermarks, logger)).decision, 'written');
+      // After r2 started, the on-call rewinds to the value r2 happened to start from, to fetch again from it.
+      await operatorSets(watermarks, w0, '2026-03-10T03:00:00.000Z');
+      await completeRun(db, r2.runId, r2.partitionIds);
+      assert.equal((await advanceWatermark(db, watermarks, logger)).decision, 'operator-changed');
+      assert.deepEqual(
+        [(await watermarks.read())?.watermark.lastUpdatedAt, (await watermarks.read())?.watermark.lastRunId],
+        [w0, 'manual'],
+        'the rewind stands',
+      );
+    });
+
     test('a run that started from the operator’s value moves it on, whatever the clocks say (same millisecond, database clock behind)', async () => {
       const { logger } = captureLogs({ level: 'debug' });
       for (const [setAt, startedAt] of [
@@ -396,6 +432,7 @@ describe('worker and consolidator: database paths', () => {
         const run = await insertRun(db, {
           runType: 'incremental',
           watermarkBefore: '2026-03-08T02:00:00.000Z',
+          watermarkEtag: (await watermarks.read())!.etag,
           updatedTo: '2026-03-11T02:00:00.000Z',
           startedAt,
         });

@@ -59,6 +59,8 @@ export interface NewRun {
   startedAt?: string;
   /** Every point the scan probed, for the next run's warm start. */
   scanPoints?: readonly CumulativePoint[];
+  /** The version of the watermark document the run read (null: there was none); see migration 007. */
+  watermarkEtag?: string | null;
 }
 
 export interface PartitionRecord extends Partition {
@@ -103,13 +105,22 @@ export async function beginRun(db: Queryable, run: { runId: string; holder: stri
 export async function describeRun(
   db: Queryable,
   runId: string,
-  run: Pick<NewRun, 'runType' | 'watermarkBefore' | 'updatedFrom' | 'updatedTo' | 'priceField' | 'baseQuery'>,
+  run: Pick<NewRun, 'runType' | 'watermarkBefore' | 'watermarkEtag' | 'updatedFrom' | 'updatedTo' | 'priceField' | 'baseQuery'>,
 ): Promise<void> {
   await db.query(
     `UPDATE run_metadata SET run_type = $2, watermark_before = $3, updated_from = $4, updated_to = $5, price_field = $6,
-       base_query = $7::jsonb
+       base_query = $7::jsonb, watermark_etag = $8
      WHERE run_id = $1 AND status = 'scanning'`,
-    [runId, run.runType, run.watermarkBefore, run.updatedFrom, run.updatedTo, run.priceField, JSON.stringify(run.baseQuery ?? {})],
+    [
+      runId,
+      run.runType,
+      run.watermarkBefore,
+      run.updatedFrom,
+      run.updatedTo,
+      run.priceField,
+      JSON.stringify(run.baseQuery ?? {}),
+      run.watermarkEtag ?? null,
+    ],
   );
 }
 
@@ -362,10 +373,10 @@ export async function lastComparableRun(
 
 /** Stored scan points, or undefined when absent or not [price, below] pairs of counts (then the boundaries alone warm the scan). */
 function toScanPoints(stored: unknown): CumulativePoint[] | undefined {
-  const value: unknown = typeof stored === 'string' ? JSON.parse(stored) : stored;
-  if (!Array.isArray(value)) return undefined;
+  // Both drivers hand jsonb over parsed: anything but an array of pairs (a JSON string too) is none.
+  if (!Array.isArray(stored)) return undefined;
   const points: CumulativePoint[] = [];
-  for (const pair of value as unknown[]) {
+  for (const pair of stored as unknown[]) {
     if (!Array.isArray(pair) || pair.length !== 2 || !pair.every((n) => Number.isInteger(n) && (n as number) >= 0)) return undefined;
     points.push({ price: pair[0] as number, below: pair[1] as number });
   }
