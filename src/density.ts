@@ -122,7 +122,8 @@ export function windowOf(below: readonly number[], j: number, min: number, maxLo
   return [lo, hi];
 }
 
-function lastAtMost(values: readonly number[], limit: number, upTo: number): number {
+/** In nondecreasing values: the index of the last value ≤ limit (a limit between whole counts too), −1 when none; only indexes ≤ upTo. */
+export function lastAtMost(values: readonly number[], limit: number, upTo = values.length - 1): number {
   let lo = 0;
   let hi = upTo;
   let found = -1;
@@ -136,7 +137,8 @@ function lastAtMost(values: readonly number[], limit: number, upTo: number): num
   return found;
 }
 
-function firstAtLeast(values: readonly number[], limit: number, upTo: number): number {
+/** In nondecreasing values: the index of the first value ≥ limit, among indexes < upTo; upTo when none. */
+export function firstAtLeast(values: readonly number[], limit: number, upTo = values.length): number {
   let lo = 0;
   let hi = upTo - 1;
   let found = upTo;

@@ -33,6 +33,8 @@ import { PRICE_AXIS_END, type PriceBounds } from './domain.js';
 import {
   bracket,
   cutCandidates,
+  firstAtLeast,
+  lastAtMost,
   minimax,
   normalisePoints,
   partitionCount,
@@ -523,7 +525,8 @@ function sweepHoles(
       state.off = true;
       return undefined;
     }
-    const j = firstAtLeast(counts, hi + 1) - 1;
+    // The window's end is a fraction of a stone: a count past it, even by less than one, overloads the partition.
+    const j = lastAtMost(counts, hi);
     if (j >= 0 && counts[j]! >= lo) {
       state.fixed.push(counts[j]!);
       continue;
@@ -798,17 +801,6 @@ function holeCost(bracketCount: number, half: number): number {
 function filled(counts: readonly number[], target: number, half: number): boolean {
   const j = firstAtLeast(counts, target - half);
   return j < counts.length && counts[j]! <= target + half;
-}
-
-function firstAtLeast(values: readonly number[], limit: number): number {
-  let lo = 0;
-  let hi = values.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (values[mid]! < limit) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
 }
 
 /**

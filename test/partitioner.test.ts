@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { PRICE_AXIS_END } from '../src/domain.js';
-import { normalisePoints, type CumulativePoint, type Density } from '../src/density.js';
+import { firstAtLeast, lastAtMost, normalisePoints, type CumulativePoint, type Density } from '../src/density.js';
 import { partitionCount, planPartitions, type PartitionRules } from '../src/partitioner.js';
 import { assertTiles } from './helpers/inventory-counter.js';
 
@@ -158,6 +158,40 @@ describe('planPartitions', () => {
         }
       }),
       { numRuns: 2000, seed: 20260212 },
+    );
+  });
+});
+
+describe('binary searches over counts', () => {
+  it('lastAtMost takes a limit between whole counts as it is (the cold sweep once fixed a boundary past its window by less than a stone)', () => {
+    const counts = [10, 11, 12, 12, 20];
+    assert.equal(lastAtMost(counts, 10.4), 0);
+    assert.equal(lastAtMost(counts, 11), 1);
+    assert.equal(lastAtMost(counts, 12), 3);
+    assert.equal(lastAtMost(counts, 9.99), -1);
+    assert.equal(lastAtMost(counts, 1e9), 4);
+    assert.equal(lastAtMost(counts, 12, 2), 2, 'only up to index 2');
+    assert.equal(firstAtLeast(counts, 11.5), 2);
+    assert.equal(firstAtLeast(counts, 21), counts.length);
+    assert.equal(firstAtLeast(counts, 12, 2), 2, 'none below index 2: upTo');
+  });
+
+  it('agree with a linear scan on random nondecreasing counts and fractional limits', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.integer({ min: 0, max: 50 }), { maxLength: 40 }),
+        fc.double({ min: -1, max: 60, noNaN: true }),
+        (raw, limit) => {
+          const counts = [...raw].sort((a, b) => a - b);
+          let last = -1;
+          counts.forEach((c, i) => {
+            if (c <= limit) last = i;
+          });
+          const first = counts.findIndex((c) => c >= limit);
+          assert.equal(lastAtMost(counts, limit), last);
+          assert.equal(firstAtLeast(counts, limit), first === -1 ? counts.length : first);
+        },
+      ),
     );
   });
 });
