@@ -59,8 +59,6 @@ export interface NewRun {
   startedAt?: string;
   /** Every point the scan probed, for the next run's warm start. */
   scanPoints?: readonly CumulativePoint[];
-  /** The version of the watermark document the run read (null: there was none); see migration 007. */
-  watermarkEtag?: string | null;
 }
 
 export interface PartitionRecord extends Partition {
@@ -105,7 +103,10 @@ export async function beginRun(db: Queryable, run: { runId: string; holder: stri
 export async function describeRun(
   db: Queryable,
   runId: string,
-  run: Pick<NewRun, 'runType' | 'watermarkBefore' | 'watermarkEtag' | 'updatedFrom' | 'updatedTo' | 'priceField' | 'baseQuery'>,
+  run: Pick<NewRun, 'runType' | 'watermarkBefore' | 'updatedFrom' | 'updatedTo' | 'priceField' | 'baseQuery'> & {
+    /** The version of the watermark document the run read (null: there was none); see migration 007. */
+    watermarkEtag: string | null;
+  },
 ): Promise<void> {
   await db.query(
     `UPDATE run_metadata SET run_type = $2, watermark_before = $3, updated_from = $4, updated_to = $5, price_field = $6,
@@ -119,7 +120,7 @@ export async function describeRun(
       run.updatedTo,
       run.priceField,
       JSON.stringify(run.baseQuery ?? {}),
-      run.watermarkEtag ?? null,
+      run.watermarkEtag,
     ],
   );
 }
