@@ -16,7 +16,7 @@
 import { performance } from 'node:perf_hooks';
 import type { PriceBounds } from '../src/domain.js';
 import { scanDensity, warmStartFrom, type CountFn, type DensityScan, type ScanOptions, type WarmStart } from '../src/heatmap.js';
-import { planPartitions, type PartitionRules } from '../src/partitioner.js';
+import { partitionCount, planPartitions, type PartitionRules } from '../src/partitioner.js';
 import { generateInventory, mulberry32 } from '../tools/simulator/inventory.js';
 
 const LATENCY_S = Number(process.env.BENCH_LATENCY_MS ?? 100) / 1000;
@@ -35,22 +35,61 @@ function parseSeeds(spec: string): number[] {
   });
 }
 
-/** count({from}) and count({}) over prices in cents, exactly as the simulator answers them. */
-function counter(priceCents: ArrayLike<number>): CountFn {
-  const sorted = Int32Array.from(priceCents).sort();
+/** Stones priced below a whole dollar, over prices in cents sorted ascending. */
+function belowDollar(sorted: Int32Array, dollars: number): number {
+  const cents = dollars * 100;
+  let lo = 0;
+  let hi = sorted.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (sorted[mid]! < cents) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/** count({from}) and count({}) over prices in cents sorted ascending, exactly as the simulator answers them. */
+function counter(sorted: Int32Array): CountFn {
   return (bounds: PriceBounds) => {
     if (bounds.to !== undefined) throw new Error('the scan never counts with a `to` bound');
     if (bounds.from === undefined) return Promise.resolve(sorted.length);
-    const cents = bounds.from * 100;
-    let lo = 0;
-    let hi = sorted.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1;
-      if (sorted[mid]! < cents) lo = mid + 1;
-      else hi = mid;
-    }
-    return Promise.resolve(sorted.length - lo);
+    return Promise.resolve(sorted.length - belowDollar(sorted, bounds.from));
   };
+}
+
+/**
+ * A lower bound of the count queries of any warm scan built as the design asks (the total and
+ * last night's boundaries in the first round): 1 + those boundaries + one query for each boundary
+ * that must move to meet the target. The fewest moves are found knowing tonight's inventory
+ * exactly: a DP over the boundaries kept, where a run of m moved ones between two kept ones works
+ * when m cuts at whole dollars, each as far as one partition of the target allows (greedy), reach
+ * the next kept one. Undefined when last night's plan had another partition count (a cold start).
+ */
+function warmLowerBound(sorted: Int32Array, cuts: readonly number[], rules: PartitionRules): number | undefined {
+  const total = sorted.length;
+  const n = partitionCount(total, rules);
+  if (cuts.length !== n - 1) return undefined;
+  const maxLoad = (1 + TOLERANCE) * (total / n);
+  // The most stones below a whole-dollar cut that stays at or under `limit`.
+  const reach = (limit: number): number => (limit >= total ? total : belowDollar(sorted, Math.floor(sorted[Math.floor(limit)]! / 100)));
+  const kept = [0, ...cuts.map((c) => belowDollar(sorted, c)), total];
+  const runWorks = (from: number, to: number, moved: number): boolean => {
+    let at = from;
+    for (let i = 0; i < moved && at < to; i++) {
+      const next = reach(at + maxLoad);
+      if (next <= at) return false;
+      at = next;
+    }
+    return to - at <= maxLoad;
+  };
+  const fewest = Array.from({ length: n + 1 }, () => Infinity);
+  fewest[0] = 0;
+  for (let k = 1; k <= n; k++)
+    for (let k0 = k - 1; k0 >= 0; k0--) {
+      const moved = k - k0 - 1;
+      if (fewest[k0]! + moved < fewest[k]! && runWorks(kept[k0]!, kept[k]!, moved)) fewest[k] = fewest[k0]! + moved;
+    }
+  return Number.isFinite(fewest[n]!) ? 1 + cuts.length + fewest[n]! : undefined;
 }
 
 /** One night: ~3 % repriced by up to ±10 %, 1 % removed, 1 % added; optionally a new 1,500-stone spike. */
@@ -83,9 +122,12 @@ interface Result {
   maxOverIdeal: number;
   ok: boolean;
   seconds: number;
+  /** Warm rows: warmLowerBound. */
+  lowerBound?: number;
 }
 
 async function scan(priceCents: Int32Array, rules: PartitionRules, warmStart?: WarmStart): Promise<Result> {
+  const sorted = Int32Array.from(priceCents).sort();
   const options: ScanOptions = {
     strategy: 'quantile',
     maxPrice: 250_000,
@@ -96,14 +138,21 @@ async function scan(priceCents: Int32Array, rules: PartitionRules, warmStart?: W
     balanceTolerance: TOLERANCE,
     ...(warmStart ? { warmStart } : {}),
   };
-  const result = await scanDensity(counter(priceCents), options);
+  const result = await scanDensity(counter(sorted), options);
   const plan = planPartitions(result, rules);
   const ideal = result.total / plan.length;
   const maxOverIdeal = Math.max(...plan.map((p) => p.expectedRecords)) / ideal;
   // Within the tolerance, or within it of the provable floor.
   const ok =
     maxOverIdeal <= 1 + TOLERANCE + 1e-9 || (result.stopReason === 'unreachable' && maxOverIdeal <= result.floor + TOLERANCE + 1e-9);
-  return { scan: result, maxOverIdeal, ok, seconds: result.rounds * LATENCY_S + result.countQueries / RATE };
+  const lowerBound = warmStart ? warmLowerBound(sorted, warmStart.cuts, rules) : undefined;
+  return {
+    scan: result,
+    maxOverIdeal,
+    ok,
+    seconds: result.rounds * LATENCY_S + result.countQueries / RATE,
+    ...(lowerBound === undefined ? {} : { lowerBound }),
+  };
 }
 
 const rows = ['full cold', 'full warm', 'full warm + spike', 'incremental cold', 'incremental warm'] as const;
@@ -137,7 +186,7 @@ async function main(): Promise<void> {
       );
     if (process.env.BENCH_VERBOSE) {
       const r = (x: Result): string =>
-        `${x.scan.countQueries}q/${x.scan.rounds}r ${x.maxOverIdeal.toFixed(3)} ${x.scan.start}:${x.scan.stopReason} floor ${x.scan.floor.toFixed(3)}`;
+        `${x.scan.countQueries}q${x.lowerBound === undefined ? '' : ` (≥ ${x.lowerBound})`}/${x.scan.rounds}r ${x.maxOverIdeal.toFixed(3)} ${x.scan.start}:${x.scan.stopReason} floor ${x.scan.floor.toFixed(3)}`;
       process.stderr.write(`seed ${seed}: ${rows.map((row) => `${row}: ${r(results.get(row)!.at(-1)!)}`).join(' | ')}\n`);
     }
   }
@@ -150,6 +199,7 @@ async function main(): Promise<void> {
     'row',
     'partitions',
     'count queries median / p90 / max',
+    'lower bound median / p90 / max',
     'rounds median / max',
     'scan s median / p90 / max',
     'max/ideal median / max',
@@ -170,6 +220,7 @@ async function main(): Promise<void> {
   for (const row of rows) {
     const list = results.get(row)!;
     const q = list.map((r) => r.scan.countQueries);
+    const bounds = list.flatMap((r) => (r.lowerBound === undefined ? [] : [r.lowerBound]));
     const rounds = list.map((r) => r.scan.rounds);
     const s = list.map((r) => r.seconds);
     const ratio = list.map((r) => r.maxOverIdeal);
@@ -177,6 +228,7 @@ async function main(): Promise<void> {
       row,
       tally(list.map((r) => String(r.scan.partitions))),
       `${quantile(q, 0.5)} / ${quantile(q, 0.9)} / ${Math.max(...q)}`,
+      bounds.length === 0 ? '–' : `${quantile(bounds, 0.5)} / ${quantile(bounds, 0.9)} / ${Math.max(...bounds)}`,
       `${quantile(rounds, 0.5)} / ${Math.max(...rounds)}`,
       `${quantile(s, 0.5).toFixed(2)} / ${quantile(s, 0.9).toFixed(2)} / ${Math.max(...s).toFixed(2)}`,
       `${quantile(ratio, 0.5).toFixed(3)} / ${Math.max(...ratio).toFixed(3)}`,
