@@ -7,6 +7,7 @@
 // distribution; the spike night adds 1,500 stones at one whole-dollar price on top). Rows:
 //   full cold          the seed's inventory, no history                       N = 30
 //   full warm          the drifted inventory, from the cold plan's boundaries N = 30
+//                      and last night's stones per dollar (the raw table the workers filled)
 //   full warm + spike  the same with the new spike                            N = 30
 //   incremental cold   tonight's window (3 % of the drifted stones), no history, up to 10 workers
 //   incremental warm   the same window, from last night's window's plan (the generator's last-day stones)
@@ -15,7 +16,15 @@
 // max/ideal is exact: the counter is the inventory itself.
 import { performance } from 'node:perf_hooks';
 import type { PriceBounds } from '../src/domain.js';
-import { scanDensity, warmStartFrom, type CountFn, type DensityScan, type ScanOptions, type WarmStart } from '../src/heatmap.js';
+import {
+  scanDensity,
+  warmStartFrom,
+  type CountFn,
+  type DensityScan,
+  type DollarStones,
+  type ScanOptions,
+  type WarmStart,
+} from '../src/heatmap.js';
 import { partitionCount, planPartitions, type PartitionRules } from '../src/partitioner.js';
 import { generateInventory, mulberry32 } from '../tools/simulator/inventory.js';
 
@@ -92,6 +101,13 @@ function warmLowerBound(sorted: Int32Array, cuts: readonly number[], rules: Part
   return Number.isFinite(fewest[n]!) ? 1 + cuts.length + fewest[n]! : undefined;
 }
 
+/** Stones per whole dollar, as the scheduler reads them from the raw table (what last night's workers wrote). */
+function dollarStones(priceCents: Int32Array): DollarStones[] {
+  const byDollar = new Map<number, number>();
+  for (const cents of priceCents) byDollar.set(Math.floor(cents / 100), (byDollar.get(Math.floor(cents / 100)) ?? 0) + 1);
+  return [...byDollar].sort((a, b) => a[0] - b[0]).map(([dollar, stones]) => ({ dollar, stones }));
+}
+
 /** One night: ~3 % repriced by up to ±10 %, 1 % removed, 1 % added; optionally a new 1,500-stone spike. */
 function drift(priceCents: Int32Array, seed: number, spike: boolean): Int32Array {
   const random = mulberry32(seed * 7919 + 17);
@@ -166,7 +182,12 @@ async function main(): Promise<void> {
     const base = inventory.priceCents;
     const cold = await scan(base, full);
     results.get('full cold')!.push(cold);
-    const history = warmStartFrom(cold.scan.total, planPartitions(cold.scan, full), cold.scan.points);
+    const history = warmStartFrom(
+      cold.scan.total,
+      planPartitions(cold.scan, full),
+      cold.scan.points,
+      process.env.BENCH_NO_STONES ? undefined : dollarStones(base),
+    );
     results.get('full warm')!.push(await scan(drift(base, seed, false), full, history));
     results.get('full warm + spike')!.push(await scan(drift(base, seed, true), full, history));
 
@@ -233,7 +254,7 @@ async function main(): Promise<void> {
       `${quantile(s, 0.5).toFixed(2)} / ${quantile(s, 0.9).toFixed(2)} / ${Math.max(...s).toFixed(2)}`,
       `${quantile(ratio, 0.5).toFixed(3)} / ${Math.max(...ratio).toFixed(3)}`,
       `${list.filter((r) => r.ok).length} / ${list.length}`,
-      tally(list.map((r) => `${r.scan.start}${r.scan.start === 'cold' ? ` (${r.scan.startReason})` : ''}`)),
+      tally(list.map((r) => `${r.scan.start} (${r.scan.start === 'cold' ? r.scan.startReason : `prior: ${r.scan.prior}`})`)),
       tally(list.map((r) => r.scan.stopReason)),
     ];
     process.stdout.write(`| ${cells.join(' | ')} |\n`);

@@ -32,6 +32,7 @@ import type { HeatmapStrategy } from './config.js';
 import { PRICE_AXIS_END, type PriceBounds } from './domain.js';
 import {
   bracket,
+  bracketAtPrice,
   cutCandidates,
   firstAtLeast,
   lastAtMost,
@@ -61,13 +62,26 @@ export interface WarmStart {
    * shape of the inventory between the cuts, spikes included, that tonight's first round cannot see.
    */
   points?: readonly CumulativePoint[];
+  /**
+   * Last run's stones as its workers wrote them, per whole dollar of the price field (the raw
+   * table): the exact shape of last night's inventory, which tonight's differs from by a night's
+   * drift and new spikes. Preferred over `points` when given and plausible (see priorFrom).
+   */
+  stones?: readonly DollarStones[];
 }
 
-/** A WarmStart from a recorded plan: its total, its partitions (any order) and, when recorded, its scan's points. */
+/** Stones priced from `dollar` (inclusive) to dollar + 1 (exclusive). */
+export interface DollarStones {
+  dollar: number;
+  stones: number;
+}
+
+/** A WarmStart from a recorded plan: its total, its partitions (any order) and, when recorded, its scan's points and stones. */
 export function warmStartFrom(
   total: number,
   partitions: readonly { priceMin: number; priceMax: number }[],
   points?: readonly CumulativePoint[],
+  stones?: readonly DollarStones[],
 ): WarmStart {
   return {
     total,
@@ -76,6 +90,7 @@ export function warmStartFrom(
       .filter((price) => price > 0)
       .sort((a, b) => a - b),
     ...(points && points.length > 0 ? { points } : {}),
+    ...(stones && stones.length > 0 ? { stones } : {}),
   };
 }
 
@@ -115,6 +130,11 @@ export interface DensityScan extends Density {
   stopReason: StopReason;
   /** Partitions of the plan planPartitions makes from this scan. */
   partitions: number;
+  /**
+   * What a warm scan guessed tonight's shape between its probes from: 'stones' (WarmStart.stones,
+   * exact per dollar), 'points' (last run's probed points), 'none' (cold, or boundaries alone).
+   */
+  prior: 'stones' | 'points' | 'none';
   /** That plan's largest partition / (total / partitions); 0 when empty. */
   balance: number;
   /**
@@ -164,7 +184,7 @@ export async function scanDensity(count: CountFn, options: ScanOptions): Promise
   if (options.strategy === 'seed') {
     await probe.wave([], true);
     await seedScan(probe, probe.total, options);
-    outcome = { start: 'cold', startReason: 'seed-strategy', stopReason: 'pattern' };
+    outcome = { start: 'cold', startReason: 'seed-strategy', stopReason: 'pattern', prior: 'none' };
   } else {
     outcome = await quantileScan(probe, options);
   }
@@ -192,7 +212,7 @@ export async function scanDensity(count: CountFn, options: ScanOptions): Promise
   };
 }
 
-type Outcome = Pick<DensityScan, 'start' | 'startReason' | 'startDetail' | 'stopReason'>;
+type Outcome = Pick<DensityScan, 'start' | 'startReason' | 'startDetail' | 'stopReason' | 'prior'>;
 
 /** Issues count queries in rounds with bounded concurrency and keeps every exact answer. */
 class Prober {
@@ -325,6 +345,10 @@ async function seedScan(probe: Prober, total: number, options: ScanOptions): Pro
 //      since its last probe. A bracket whose stones stay while its price range shrinks holds a
 //      spike the target sits in: SPIKE_PROBES spread over it (every dollar once it is narrow)
 //      find its edges in a round or two instead of a bisection per round.
+//   5. a warm start with last night's stones per dollar (WarmStart.stones, the raw table) skips
+//      3–4: its shape is exact but for a night's drift and new spikes, so exactPlan plans every
+//      cut at a whole dollar on the counts it predicts and probes the cuts it moved; what a probe
+//      shows reshapes the next plan. Back to 3–4 when that finds no plan (or on 'unreachable').
 
 /** Brackets at most this wide (in price, relative to their low end) are interpolated linearly. */
 const NARROW = 0.15;
@@ -357,12 +381,13 @@ async function quantileScan(probe: Prober, options: ScanOptions): Promise<Outcom
   const warm = options.warmStart;
   const history = warm === undefined ? undefined : checkWarmStart(warm, rules);
   const start: Outcome = history?.usable
-    ? { start: 'warm', startReason: 'history', stopReason: 'balanced' }
+    ? { start: 'warm', startReason: 'history', stopReason: 'balanced', prior: 'none' }
     : {
         start: 'cold',
         startReason: warm === undefined ? 'no-history' : (history?.reason ?? 'invalid-history'),
         ...(history?.detail ? { startDetail: history.detail } : {}),
         stopReason: 'balanced',
+        prior: 'none',
       };
   // Warm: the total and every old boundary in one round. Cold: the total alone, so an empty or
   // tiny window costs one query; the grid follows once the total says there is something to cut.
@@ -388,10 +413,8 @@ async function quantileScan(probe: Prober, options: ScanOptions): Promise<Outcom
   /** Log-price bracket width when each price was probed: the bisection safeguard's memory. */
   const widthWhenProbed = new Map<number, number>();
   const spikes = new SpikeWatch();
-  const prior =
-    start.start === 'warm' && warm!.points !== undefined && warm!.points.length >= 2
-      ? new PriorCurve(normalisePoints(warm!.points, warm!.total), warm!.total)
-      : undefined;
+  const prior = start.start === 'warm' ? priorFrom(warm!, total, options.maxWarmTotalChange ?? 0.25) : undefined;
+  if (prior) start.prior = prior.exact ? 'stones' : 'points';
   const sweep: SweepState = { parts: 0, maxLoad: 0, fixed: [], widths: [], off: false };
   let halfShare: number | undefined;
   for (;;) {
@@ -413,6 +436,13 @@ async function quantileScan(probe: Prober, options: ScanOptions): Promise<Outcom
     const room = Math.min(wave, budget - probe.queries);
     if (room <= 0) return { ...start, stopReason: 'budget' };
 
+    if (prior?.exact && !unreachable) {
+      const planned = exactProbes(points, prior, spikes, probe, total, n, limit, min, room);
+      if (planned.length > 0) {
+        await probe.wave(planned);
+        continue;
+      }
+    }
     const swept =
       start.start === 'cold' && parts >= SWEEP_MIN_PARTS && !sweep.off
         ? sweepHoles(sweep, points, known, total, parts, maxLoad, min, room, budget - probe.queries)
@@ -430,8 +460,8 @@ async function quantileScan(probe: Prober, options: ScanOptions): Promise<Outcom
             halfShare * ((maxLoad - total / parts) / 2),
             anchorPrices(points, start.start === 'warm' ? warm!.cuts : [], parts, ANCHOR_SHARE * (maxLoad - total / parts)),
           );
-    const curve = new MonotoneCurve(points, total);
     const chosen: number[] = [];
+    const curve = new MonotoneCurve(points, total);
     for (const hole of holes) {
       if (chosen.length >= room) break;
       const spread = spikes.holds(hole) ? spikes.spread(hole) : undefined;
@@ -449,6 +479,131 @@ async function quantileScan(probe: Prober, options: ScanOptions): Promise<Outcom
     if (chosen.length === 0) return { ...start, stopReason: unreachable ? 'unreachable' : 'budget' };
     await probe.wave(chosen);
   }
+}
+
+/**
+ * The probes of a warm round with last night's exact shape (PriorCurve.exact): the cuts of the
+ * plan exactPlan makes that are not probed yet. A cut it keeps asking for inside a bracket that
+ * keeps its stones as it narrows sits at a spike last night did not have: probes spread over
+ * the bracket (SpikeWatch) find its edges sooner than one guess a round.
+ */
+function exactProbes(
+  points: NormalisedPoints,
+  prior: PriorCurve,
+  spikes: SpikeWatch,
+  probe: Prober,
+  total: number,
+  n: number,
+  maxLoad: number,
+  min: number,
+  room: number,
+): number[] {
+  const chosen: number[] = [];
+  const take = (price: number, hole: Hole): void => {
+    if (chosen.length >= room || probe.has(price) || chosen.includes(price)) return;
+    chosen.push(price);
+    spikes.probed(price, hole);
+  };
+  for (const price of exactPlan(points, prior, total, n, maxLoad, min) ?? []) {
+    const { lo, hi } = bracketAtPrice(points, price);
+    const hole: Hole = { target: price, half: 0, lo, hi };
+    const spread = spikes.holds(hole) ? spikes.spread(hole) : [];
+    take(price, hole);
+    for (const extra of spread) take(extra, hole);
+  }
+  return chosen;
+}
+
+/** Brackets wider than this many dollars are sampled this many times by exactPlan (a plan needs no finer grain there). */
+const EXACT_SAMPLES = 400;
+/**
+ * Share of the tolerance's slack exactPlan keeps free beside a predicted cut. Small: the exact
+ * shape misses by a night's drift only, and a wider margin moves more boundaries. Measured on
+ * the spike nights of seeds 101–130 (0.02 / 0.05 / 0.1 / 0.25: 39 / 39 / 41 / 44 count queries
+ * median with the exact shape), checked on 201–230 and 301–330.
+ */
+const EXACT_MARGIN = 0.02;
+
+/**
+ * The plan with the fewest unprobed cuts, then the most slack: a DP over tonight's probed points
+ * and the whole dollars between them (every one in narrow brackets, EXACT_SAMPLES in wide ones)
+ * at the counts last night's exact shape, rescaled to each bracket, predicts. The unprobed cuts'
+ * prices come back (they are tonight's probes); undefined when no such plan meets maxLoad.
+ * Unlike planChain's evenly spaced windows, a probe that lands off its prediction only moves
+ * the cuts that must move to make room for it.
+ */
+function exactPlan(
+  points: NormalisedPoints,
+  prior: PriorCurve,
+  total: number,
+  n: number,
+  maxLoad: number,
+  min: number,
+): number[] | undefined {
+  const margin = EXACT_MARGIN * (maxLoad - total / n);
+  const prices: number[] = [];
+  const counts: number[] = [];
+  const predicted: boolean[] = [];
+  for (let i = 0; i < points.length; i++) {
+    const p = points[i]!;
+    prices.push(p.price);
+    counts.push(p.below);
+    predicted.push(false);
+    const q = points[i + 1];
+    if (q === undefined || p.price === 0 || q.price - p.price <= 1 || q.below === p.below) continue;
+    const step = Math.max(1, (q.price - p.price) / EXACT_SAMPLES);
+    let last = p.price;
+    for (let x = p.price + step; x < q.price; x += step) {
+      const price = Math.round(x);
+      if (price <= last || price >= q.price) continue;
+      last = price;
+      prices.push(price);
+      counts.push(prior.predict(price, p, q));
+      predicted.push(true);
+    }
+  }
+  const m = prices.length;
+  // cost[j]: fewest predicted cuts of a plan whose latest cut is j; slack[j]: its tightest room.
+  let cost = new Float64Array(m).fill(Infinity);
+  let slack = new Float64Array(m).fill(-Infinity);
+  cost[0] = 0;
+  slack[0] = Infinity;
+  const from: Int32Array[] = [];
+  for (let k = 1; k <= n; k++) {
+    const nextCost = new Float64Array(m).fill(Infinity);
+    const nextSlack = new Float64Array(m).fill(-Infinity);
+    const back = new Int32Array(m).fill(-1);
+    const low = Math.max(total - (n - k) * maxLoad, k * min);
+    const high = Math.min(k * maxLoad, total - (n - k) * min);
+    for (let j = 1; j < m; j++) {
+      if (k === n ? j !== m - 1 : j === m - 1 || counts[j]! < low || counts[j]! > high) continue;
+      const own = predicted[j] ? margin : 0;
+      for (let i = j - 1; i >= 0; i--) {
+        const load = counts[j]! - counts[i]!;
+        if (load > maxLoad) break;
+        const room = maxLoad - load - own - (predicted[i] ? margin : 0);
+        if (room < 0 || load < min || cost[i] === Infinity) continue;
+        const c = cost[i]! + (predicted[j] ? 1 : 0);
+        const r = Math.min(slack[i]!, room);
+        if (c < nextCost[j]! || (c === nextCost[j]! && r > nextSlack[j]!)) {
+          nextCost[j] = c;
+          nextSlack[j] = r;
+          back[j] = i;
+        }
+      }
+    }
+    from.push(back);
+    cost = nextCost;
+    slack = nextSlack;
+  }
+  if (cost[m - 1] === Infinity) return undefined;
+  const out: number[] = [];
+  for (let k = n, j = m - 1; k > 0; k--) {
+    const i = from[k - 1]![j]!;
+    if (predicted[i]) out.push(prices[i]!);
+    j = i;
+  }
+  return out;
 }
 
 /**
@@ -610,7 +765,7 @@ function warmMoved(
   n: number,
   probe: Prober,
   options: ScanOptions,
-): Omit<Outcome, 'start' | 'stopReason'> | undefined {
+): Omit<Outcome, 'start' | 'stopReason' | 'prior'> | undefined {
   const before = warm.cuts.length + 1;
   if (before !== n)
     return {
@@ -634,6 +789,29 @@ function warmMoved(
       startReason: 'shape-moved',
       startDetail: `a partition of last run's plan now holds ${((1 + worst) * 100).toFixed(0)} % or less of its share (limit ±${maxShape * 100} %)`,
     };
+  return undefined;
+}
+
+/**
+ * Last run's shape for a warm scan's guesses: its stones per dollar when given, well formed and
+ * within maxChange of tonight's total (a raw table half refilled or long stale is no guide), else
+ * its scan's points, else none.
+ */
+function priorFrom(warm: WarmStart, total: number, maxChange: number): PriorCurve | undefined {
+  const stones = warm.stones;
+  if (stones !== undefined && stones.length > 0) {
+    const points: CumulativePoint[] = [];
+    let below = 0;
+    let ok = true;
+    for (let i = 0; i < stones.length && ok; i++) {
+      const { dollar, stones: s } = stones[i]!;
+      ok = Number.isInteger(dollar) && dollar >= 0 && Number.isInteger(s) && s > 0 && (i === 0 || dollar > stones[i - 1]!.dollar);
+      points.push({ price: dollar, below }, { price: dollar + 1, below: below + s });
+      below += s;
+    }
+    if (ok && total > 0 && Math.abs(below - total) / total <= maxChange) return new PriorCurve(normalisePoints(points, below), below, true);
+  }
+  if (warm.points !== undefined && warm.points.length >= 2) return new PriorCurve(normalisePoints(warm.points, warm.total), warm.total);
   return undefined;
 }
 
@@ -1035,12 +1213,22 @@ class PriorCurve {
   private readonly prices: number[];
   private readonly curve: MonotoneCurve;
 
+  /** exact: the points are a count below every dollar that holds stones and the next one (WarmStart.stones). */
   constructor(
     private readonly points: NormalisedPoints,
     total: number,
+    readonly exact = false,
   ) {
     this.prices = points.map((p) => p.price);
     this.curve = new MonotoneCurve(points, total);
+  }
+
+  /** Tonight's stones below `price` as last run's shape predicts them, between tonight's probed points lo < price < hi. */
+  predict(price: number, lo: CumulativePoint, hi: CumulativePoint): number {
+    const a = this.below(lo.price);
+    const b = this.below(hi.price);
+    const share = b > a ? (this.below(price) - a) / (b - a) : (price - lo.price) / (hi.price - lo.price);
+    return lo.below + share * (hi.below - lo.below);
   }
 
   /** Where tonight's count reaches `target` between lo and hi by last run's shape; undefined when last run probed nothing inside. */
@@ -1066,7 +1254,8 @@ class PriorCurve {
     const i = firstAtLeast(this.prices, price + 1) - 1;
     if (i < 0) return 0;
     const at = this.points[i]!;
-    if (at.price === price || i + 1 >= this.points.length) return at.below;
+    // Exact points leave no stones between them but at their own dollars.
+    if (this.exact || at.price === price || i + 1 >= this.points.length) return at.below;
     return this.curve.belowAt(price, i);
   }
 }

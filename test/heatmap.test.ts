@@ -2,7 +2,15 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { PRICE_AXIS_END, type PriceBounds } from '../src/domain.js';
-import { defaultMaxQueries, scanDensity, warmStartFrom, type CountFn, type ScanOptions, type WarmStart } from '../src/heatmap.js';
+import {
+  defaultMaxQueries,
+  scanDensity,
+  warmStartFrom,
+  type CountFn,
+  type DollarStones,
+  type ScanOptions,
+  type WarmStart,
+} from '../src/heatmap.js';
 import { partitionCount, planPartitions, type PartitionRules } from '../src/partitioner.js';
 import { generateInventory, INVENTORY_SHAPES } from '../tools/simulator/inventory.js';
 import { assertTiles, inventoryCounter, seededRandom, workerRule } from './helpers/inventory-counter.js';
@@ -341,6 +349,76 @@ describe('scanDensity: warm start, balance target, budget', () => {
     }
   });
 
+  /** Stones per whole dollar: what the workers of the run `prices` was planned for wrote. */
+  const byDollar = (prices: ArrayLike<number>): DollarStones[] => {
+    const counts = new Map<number, number>();
+    for (let i = 0; i < prices.length; i++) counts.set(Math.floor(prices[i]! / 100), (counts.get(Math.floor(prices[i]! / 100)) ?? 0) + 1);
+    return [...counts].sort((a, b) => a[0] - b[0]).map(([dollar, stones]) => ({ dollar, stones }));
+  };
+
+  it('with last night’s stones per dollar, a spike night costs fewer queries than with its points, and stays exact', async () => {
+    const cold = await planFor(base, quantile(fullRules));
+    const stones = byDollar(base);
+    assert.equal(
+      stones.reduce((sum, d) => sum + d.stones, 0),
+      base.length,
+    );
+    let exact = 0;
+    let points = 0;
+    for (const [night, spike] of [
+      [6, 700],
+      [7, 2_300],
+      [8, 430],
+    ] as const) {
+      const tonight = drifted(base, night, spike);
+      const withStones = await planFor(
+        tonight,
+        quantile(fullRules, { warmStart: warmStartFrom(cold.scan.total, cold.plan, cold.scan.points, stones) }),
+      );
+      const withPoints = await planFor(
+        tonight,
+        quantile(fullRules, { warmStart: warmStartFrom(cold.scan.total, cold.plan, cold.scan.points) }),
+      );
+      for (const { scan, plan } of [withStones, withPoints]) {
+        assertContract(tonight, plan, fullRules);
+        assert.equal(scan.start, 'warm');
+        assert.equal(scan.stopReason, 'balanced');
+        assert.ok(scan.balance <= 1.02, `max/ideal ${scan.balance}`);
+      }
+      assert.equal(withStones.scan.prior, 'stones');
+      assert.equal(withPoints.scan.prior, 'points');
+      // The first round is the same: the total and every old boundary.
+      assert.deepEqual(withStones.asked.slice(0, cold.plan.length), withPoints.asked.slice(0, cold.plan.length));
+      exact += withStones.scan.countQueries;
+      points += withPoints.scan.countQueries;
+    }
+    assert.ok(exact < points, `with stones ${exact} count queries over three nights, with points ${points}`);
+  });
+
+  it('ignores stones per dollar that are malformed or far from tonight’s total, and says which shape it used', async () => {
+    const cold = await planFor(base, quantile(fullRules));
+    const tonight = drifted(base, 9, 1_200);
+    const stones = byDollar(base);
+    const cases: Array<[string, DollarStones[], 'points' | 'stones']> = [
+      ['unsorted', [stones[1]!, stones[0]!, ...stones.slice(2)], 'points'],
+      ['a fractional count', [{ dollar: stones[0]!.dollar, stones: 1.5 }, ...stones.slice(1)], 'points'],
+      ['half the stones (a raw table being refilled)', stones.filter((_, i) => i % 2 === 0), 'points'],
+      ['well formed', stones, 'stones'],
+    ];
+    for (const [what, given, used] of cases) {
+      const { scan, plan } = await planFor(
+        tonight,
+        quantile(fullRules, { warmStart: warmStartFrom(cold.scan.total, cold.plan, cold.scan.points, given) }),
+      );
+      assertContract(tonight, plan, fullRules);
+      assert.equal(scan.prior, used, what);
+      assert.equal(scan.stopReason, 'balanced', what);
+    }
+    const blind = await planFor(tonight, quantile(fullRules, { warmStart: warmStartFrom(cold.scan.total, cold.plan) }));
+    assert.equal(blind.scan.prior, 'none');
+    assert.equal(cold.scan.prior, 'none');
+  });
+
   it('falls back to cold, and says why, when the history does not fit', async () => {
     const cold = await planFor(base, quantile(fullRules));
     const history = warmStartFrom(cold.scan.total, cold.plan);
@@ -394,9 +472,11 @@ describe('scanDensity: warm start, balance target, budget', () => {
     const rules: PartitionRules = { maxWorkers: 30, recordsPerWorker: 2000, minRecordsPerWorker: 400 };
     for (const shape of INVENTORY_SHAPES) {
       const prices = generateInventory(shape, { seed: 4, size: shape === 'realistic' ? 60_000 : undefined }).priceCents;
-      for (const warm of [false, true]) {
+      for (const start of ['cold', 'warm', 'warm with stones'] as const) {
+        const warm = start !== 'cold';
         const first = await planFor(prices, quantile(rules));
-        const options = quantile(rules, warm ? { warmStart: warmStartFrom(first.scan.total, first.plan) } : {});
+        const stones = start === 'warm with stones' ? byDollar(prices) : undefined;
+        const options = quantile(rules, warm ? { warmStart: warmStartFrom(first.scan.total, first.plan, undefined, stones) } : {});
         const { scan, plan } = await planFor(prices, options);
         assertContract(prices, plan, rules);
         const n = partitionCount(prices.length, rules);
@@ -404,7 +484,7 @@ describe('scanDensity: warm start, balance target, budget', () => {
         // Known limit: on 'dollar-spikes' (half the stones in two-dollar spikes as large as half a
         // partition) the relaxed floor stays far below what whole-dollar cuts can reach, so the
         // scan spends its budget there; everywhere else it stops on its own.
-        if (shape !== 'dollar-spikes') assert.notEqual(scan.stopReason, 'budget', `${shape}${warm ? ' (warm)' : ''}: ran out of budget`);
+        if (shape !== 'dollar-spikes') assert.notEqual(scan.stopReason, 'budget', `${shape} (${start}): ran out of budget`);
         if (scan.stopReason === 'unreachable') assert.ok(scan.floor > 1.02 || scan.partitions < n, `${shape}: floor ${scan.floor}`);
         else if (scan.stopReason === 'balanced') assert.ok(scan.balance <= 1.02, `${shape}: ${scan.balance}`);
         // The same plan again from its own boundaries: nothing to refine.
