@@ -47,6 +47,12 @@ export function partitionCount(total: number, rules: PartitionRules): number {
   return Math.max(1, Math.min(wanted, cap));
 }
 
+/** Stones priced from `dollar` (inclusive) to dollar + 1 (exclusive) of the price field. */
+export interface DollarStones {
+  dollar: number;
+  stones: number;
+}
+
 /**
  * The probed points as a strictly increasing price list from 0 to PRICE_AXIS_END with
  * nondecreasing counts. The inventory is live, so counts taken moments apart can disagree by a

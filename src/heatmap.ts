@@ -41,9 +41,12 @@ import {
   partitionCount,
   type CumulativePoint,
   type Density,
+  type DollarStones,
   type NormalisedPoints,
   type PartitionRules,
 } from './density.js';
+
+export type { DollarStones } from './density.js';
 
 /** Counts the window's stones within inclusive whole-dollar bounds; the caller binds window and base filter. */
 export type CountFn = (bounds: PriceBounds) => Promise<number>;
@@ -68,12 +71,6 @@ export interface WarmStart {
    * drift and new spikes. Preferred over `points` when given and plausible (see priorFrom).
    */
   stones?: readonly DollarStones[];
-}
-
-/** Stones priced from `dollar` (inclusive) to dollar + 1 (exclusive). */
-export interface DollarStones {
-  dollar: number;
-  stones: number;
 }
 
 /** A WarmStart from a recorded plan: its total, its partitions (any order) and, when recorded, its scan's points and stones. */

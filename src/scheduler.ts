@@ -9,6 +9,7 @@ import {
   describeRun,
   failInterruptedScans,
   lastComparableRun,
+  rawStonesByDollar,
   lastPublishedFullRun,
   listPartitions,
   markFailed,
@@ -22,7 +23,7 @@ import {
   unpublishedRuns,
   type RecordedRun,
 } from './db/runs.js';
-import type { CumulativePoint } from './density.js';
+import type { CumulativePoint, DollarStones } from './density.js';
 import {
   PRICE_AXIS_END,
   type BaseFilter,
@@ -86,6 +87,8 @@ export interface ScanHistory {
   partitions: readonly Partition[];
   /** Every point that run's scan probed, when recorded. */
   points?: readonly CumulativePoint[];
+  /** Full runs: the raw table's stones per whole dollar (what the workers of the runs before wrote), the scan's exact guide. */
+  stones?: readonly DollarStones[];
 }
 
 export interface RunDeps extends PlanDeps {
@@ -185,7 +188,7 @@ async function scanWindow(deps: PlanDeps, { runType, window, watermark }: Resolv
       concurrency: config.nivoda.maxConcurrency,
       balanceTolerance: config.heatmap.balanceTolerance,
       maxQueries: config.heatmap.maxCountQueries,
-      warmStart: history ? warmStartFrom(history.totalRecords, history.partitions, history.points) : undefined,
+      warmStart: history ? warmStartFrom(history.totalRecords, history.partitions, history.points, history.stones) : undefined,
     },
   );
   const durationMs = Math.round(performance.now() - started);
@@ -195,10 +198,15 @@ async function scanWindow(deps: PlanDeps, { runType, window, watermark }: Resolv
       start: scan.start,
       startReason: scan.startReason,
       ...(scan.startDetail && { startDetail: scan.startDetail }),
-      ...(history && { historyRunId: history.runId, historyPoints: history.points?.length ?? 0 }),
+      ...(history && {
+        historyRunId: history.runId,
+        historyPoints: history.points?.length ?? 0,
+        historyStoneDollars: history.stones?.length ?? 0,
+      }),
+      ...(scan.start === 'warm' && { prior: scan.prior }),
     },
     scan.start === 'warm'
-      ? "scan started from the last comparable run's plan (its boundaries, and its scan's points when recorded)"
+      ? "scan started from the last comparable run's plan (its boundaries; between them, the raw table's stones per dollar or its scan's points)"
       : 'cold scan (no usable history)',
   );
   const figures = {
@@ -464,12 +472,15 @@ export async function scanHistory(
   like: { runType: RunType; priceField: PriceField; baseQuery: BaseFilter },
 ): Promise<ScanHistory | undefined> {
   const last = await lastComparableRun(db, like);
-  return (
-    last && {
-      runId: last.run.runId,
-      totalRecords: last.run.totalRecords,
-      partitions: last.partitions,
-      ...(last.scanPoints && { points: last.scanPoints }),
-    }
-  );
+  if (!last) return undefined;
+  // A full window is the whole inventory, as the raw table holds it; an incremental one is the
+  // stones updated since the watermark, which the raw table does not tell apart.
+  const stones = like.runType === 'full' ? await rawStonesByDollar(db, like.priceField) : [];
+  return {
+    runId: last.run.runId,
+    totalRecords: last.run.totalRecords,
+    partitions: last.partitions,
+    ...(last.scanPoints && { points: last.scanPoints }),
+    ...(stones.length > 0 && { stones }),
+  };
 }

@@ -219,6 +219,14 @@ describe('command line, end to end', () => {
     const refusedRow = (await sql.query('SELECT status, error FROM run_metadata WHERE run_id = $1', [failure?.runId])).rows[0];
     assert.equal(refusedRow.status, 'failed');
     assert.match(String(refusedRow.error), /may still be worked/);
+    // What the first run's workers would have written, every stone: between last night's
+    // boundaries the warm scan then goes by the raw table's stones per dollar.
+    await sql.query(
+      `INSERT INTO raw_diamonds_nivoda (supplier_stone_id, offer_id, payload, run_id)
+       SELECT 'sim-' || i, 'offer-' || i, jsonb_build_object('price', cents), gen_random_uuid()
+         FROM unnest($1::int[]) WITH ORDINALITY AS t(cents, i)`,
+      [Array.from(sim.inventory.priceCents)],
+    );
     const forced = await runCli(['run', '--full', '--force'], azureEnv());
     assert.equal(forced.code, 0, forced.stderr);
     assert.equal(await runCount(), 3);
@@ -236,6 +244,9 @@ describe('command line, end to end', () => {
     assert.equal(Number(cold.points), Number(cold.count_queries) - 1);
     assert.equal(Number(warm.points), Number(warm.count_queries) - 1);
     assert.equal(start?.historyPoints, Number(cold.points));
+    assert.equal(start?.prior, 'stones', JSON.stringify(start));
+    assert.equal(start?.historyStoneDollars, new Set(Array.from(sim.inventory.priceCents, (c) => Math.floor(c / 100))).size);
+    assert.equal((await sql.query('SELECT count(*) AS n FROM raw_diamonds_nivoda')).rows[0].n, '0', 'and the full run emptied it');
   });
 
   it('a run left in scheduling by a crash is finished by the next run --full: same run id, no scan, raw table untouched', async () => {

@@ -27,6 +27,7 @@ import {
   markFailed,
   markPartitionsPublished,
   rawTableHasRows,
+  rawStonesByDollar,
   markPublished,
   recordRun,
   storedError,
@@ -362,6 +363,45 @@ forEachBackend('database port', [postgres, pglite], (suite) => {
     assert.equal(await rawCount(db), 2);
     await assert.rejects(recordRun(db, run, TWO_PARTITIONS, { emptyRawTable: true }), /is scheduling, not scanning/);
     assert.equal(await rawCount(db), 2, 'the refused full run emptied nothing');
+  });
+
+  suite.test('the raw table’s stones per whole dollar, by either price field, leaving out rows without a usable price', async (fixture) => {
+    const db = await recordsDb(fixture);
+    await db.exec('TRUNCATE raw_diamonds_nivoda');
+    assert.deepEqual(await rawStonesByDollar(db, 'dollar_value'), []);
+    const payloads: unknown[] = [
+      { price: 49_950, diamond: { certificate: { carats: 0.5 } } }, // $499.50, $999/ct
+      { price: 49_999, diamond: { certificate: { carats: 1 } } }, // $499.99, $499.99/ct
+      { price: 50_000, diamond: { certificate: { carats: 2 } } }, // $500.00 exactly, $250/ct
+      { price: 0, diamond: { certificate: { carats: 0.3 } } },
+      { price: 123_456_789, diamond: { certificate: { carats: 1 } } }, // far above any scan ceiling
+      { price: 70_000, diamond: { certificate: { carats: 0 } } }, // no per-carat price
+      { price: 70_000, diamond: { certificate: { carats: '1.2' } } }, // a carats string: no per-carat price
+      { price: '70000' }, // a price string: not usable
+      { price: -100 },
+      {},
+    ];
+    for (const [i, payload] of payloads.entries())
+      await db.query('INSERT INTO raw_diamonds_nivoda (supplier_stone_id, offer_id, payload, run_id) VALUES ($1, $2, $3, $4)', [
+        `stone-${i}`,
+        `offer-${i}`,
+        JSON.stringify(payload),
+        randomUUID(),
+      ]);
+    assert.deepEqual(await rawStonesByDollar(db, 'dollar_value'), [
+      { dollar: 0, stones: 1 },
+      { dollar: 499, stones: 2 },
+      { dollar: 500, stones: 1 },
+      { dollar: 700, stones: 2 },
+      { dollar: 1_234_567, stones: 1 },
+    ]);
+    assert.deepEqual(await rawStonesByDollar(db, 'dollar_per_carat'), [
+      { dollar: 0, stones: 1 },
+      { dollar: 250, stones: 1 },
+      { dollar: 499, stones: 1 },
+      { dollar: 999, stones: 1 },
+      { dollar: 1_234_567, stones: 1 },
+    ]);
   });
 
   suite.test('the last comparable run carries its scan points; without them, or malformed, it still carries its plan', async (fixture) => {

@@ -8,7 +8,7 @@
 // failed after it was recorded (recorded_at set) is finished by the next invocation, never
 // re-scanned. 'abandoned' is only ever an operator's decision.
 import type { BaseQuery } from '../config.js';
-import type { CumulativePoint } from '../density.js';
+import type { CumulativePoint, DollarStones } from '../density.js';
 import type { Partition, PriceField, RunType } from '../domain.js';
 import { PermanentError } from '../errors.js';
 import { scrub } from '../log.js';
@@ -340,6 +340,25 @@ export async function unfinishedRuns(db: Queryable): Promise<RunRecord[]> {
 export async function rawTableHasRows(db: Queryable): Promise<boolean> {
   const rows = await db.query<{ present: boolean }>('SELECT EXISTS (SELECT 1 FROM raw_diamonds_nivoda) AS present');
   return rows[0]?.present === true;
+}
+
+/**
+ * The raw table's stones per whole dollar of the price field, as the workers' filter reads it
+ * (dollar_value: price / 100; dollar_per_carat: that over the carats): last night's exact shape,
+ * a full scan's guide between its probes. Rows without a usable price are left out.
+ */
+export async function rawStonesByDollar(db: Queryable, priceField: PriceField): Promise<DollarStones[]> {
+  // CASE, not WHERE, guards the casts: SQL does not promise to test a WHERE's conditions in order.
+  const number = (path: string): string =>
+    `CASE WHEN jsonb_typeof(payload #> '${path}') = 'number' THEN (payload #>> '${path}')::numeric END`;
+  const dollars = priceField === 'dollar_value' ? 'cents / 100' : 'cents / 100 / carats';
+  const rows = await db.query<{ dollar: unknown; stones: unknown }>(
+    `SELECT floor(${dollars}) AS dollar, count(*) AS stones
+       FROM (SELECT ${number('{price}')} AS cents, ${number('{diamond,certificate,carats}')} AS carats FROM raw_diamonds_nivoda) AS raw
+      WHERE cents >= 0 ${priceField === 'dollar_value' ? '' : 'AND carats > 0'}
+      GROUP BY 1 ORDER BY 1`,
+  );
+  return rows.map((row) => ({ dollar: Number(row.dollar), stones: Number(row.stones) }));
 }
 
 /** The last full run that published its work items: the yardstick for a suspiciously small full scan. */
