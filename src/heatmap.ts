@@ -516,8 +516,8 @@ const EXACT_SAMPLES = 400;
 /**
  * Share of the tolerance's slack exactPlan keeps free beside a predicted cut. Small: the exact
  * shape misses by a night's drift only, and a wider margin moves more boundaries. Measured on
- * the spike nights of seeds 101–130 (0.02 / 0.05 / 0.1 / 0.25: 39 / 39 / 41 / 44 count queries
- * median with the exact shape), checked on 201–230 and 301–330.
+ * the spike nights of seeds 101–130 (0.02 / 0.05 / 0.1 / 0.25: 39 / 40 / 41 / 45 count queries
+ * median, p90 40 / 41 / 43 / 68, with the exact shape), checked on 201–230 and 301–330.
  */
 const EXACT_MARGIN = 0.02;
 

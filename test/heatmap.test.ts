@@ -414,6 +414,17 @@ describe('scanDensity: warm start, balance target, budget', () => {
       assert.equal(scan.prior, used, what);
       assert.equal(scan.stopReason, 'balanced', what);
     }
+    // A misleading shape (every price 30 % up: not last night's) costs queries, never exactness or balance.
+    const misleading = byDollar(base.map((cents) => Math.round(cents * 1.3)));
+    const misled = await planFor(
+      tonight,
+      quantile(fullRules, { warmStart: warmStartFrom(cold.scan.total, cold.plan, undefined, misleading) }),
+    );
+    assertContract(tonight, misled.plan, fullRules);
+    assert.equal(misled.scan.prior, 'stones');
+    assert.equal(misled.scan.stopReason, 'balanced');
+    assert.ok(misled.scan.balance <= 1.02, `max/ideal ${misled.scan.balance}`);
+    assert.ok(misled.scan.countQueries < defaultMaxQueries(30), `${misled.scan.countQueries} queries`);
     const blind = await planFor(tonight, quantile(fullRules, { warmStart: warmStartFrom(cold.scan.total, cold.plan) }));
     assert.equal(blind.scan.prior, 'none');
     assert.equal(cold.scan.prior, 'none');
