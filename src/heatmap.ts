@@ -414,6 +414,7 @@ async function quantileScan(probe: Prober, options: ScanOptions): Promise<Outcom
   if (prior) start.prior = prior.exact ? 'stones' : 'points';
   const sweep: SweepState = { parts: 0, maxLoad: 0, fixed: [], widths: [], off: false };
   let halfShare: number | undefined;
+  let exactGaveWay = false;
   for (;;) {
     const points = normalisePoints(probe.points(), total);
     const known = cutCandidates(points, total);
@@ -433,12 +434,14 @@ async function quantileScan(probe: Prober, options: ScanOptions): Promise<Outcom
     const room = Math.min(wave, budget - probe.queries);
     if (room <= 0) return { ...start, stopReason: 'budget' };
 
-    if (prior?.exact && !unreachable) {
+    if (prior?.exact && !unreachable && !exactGaveWay && n <= EXACT_MAX_PARTS) {
       const planned = exactProbes(points, prior, spikes, probe, total, n, limit, min, room);
       if (planned.length > 0) {
         await probe.wave(planned);
         continue;
       }
+      // No plan on the shape's predictions (or nothing left to probe for one): the chain from here on.
+      exactGaveWay = true;
     }
     const swept =
       start.start === 'cold' && parts >= SWEEP_MIN_PARTS && !sweep.off
@@ -511,6 +514,11 @@ function exactProbes(
   return chosen;
 }
 
+/**
+ * exactPlan's DP grows with partitions × candidates (about 400 per bracket): plans of up to this
+ * many partitions use it (a full run has 30); larger ones keep the chain.
+ */
+const EXACT_MAX_PARTS = 60;
 /** Brackets wider than this many dollars are sampled this many times by exactPlan (a plan needs no finer grain there). */
 const EXACT_SAMPLES = 400;
 /**
@@ -547,12 +555,14 @@ function exactPlan(
     counts.push(p.below);
     predicted.push(false);
     const q = points[i + 1];
-    if (q === undefined || p.price === 0 || q.price - p.price <= 1 || q.below === p.below) continue;
-    const step = Math.max(1, (q.price - p.price) / EXACT_SAMPLES);
+    if (q === undefined || q.price - p.price <= 1 || q.below === p.below) continue;
+    // Above last night's dearest stone the shape predicts nothing: sample up to it, not to the axis's end.
+    const top = Math.min(q.price, Math.max(p.price + 2, prior.end));
+    const step = Math.max(1, (top - p.price) / EXACT_SAMPLES);
     let last = p.price;
-    for (let x = p.price + step; x < q.price; x += step) {
+    for (let x = p.price + step; x < top; x += step) {
       const price = Math.round(x);
-      if (price <= last || price >= q.price) continue;
+      if (price <= last || price >= top) continue;
       last = price;
       prices.push(price);
       counts.push(prior.predict(price, p, q));
@@ -802,8 +812,12 @@ function priorFrom(warm: WarmStart, total: number, maxChange: number): PriorCurv
     let ok = true;
     for (let i = 0; i < stones.length && ok; i++) {
       const { dollar, stones: s } = stones[i]!;
-      ok = Number.isInteger(dollar) && dollar >= 0 && Number.isInteger(s) && s > 0 && (i === 0 || dollar > stones[i - 1]!.dollar);
-      points.push({ price: dollar, below }, { price: dollar + 1, below: below + s });
+      ok = dollar >= 0 && Number.isInteger(s) && s > 0 && (i === 0 || dollar > stones[i - 1]!.dollar);
+      // Past the axis (an absurd price, even one too large for a number): counted, not a point.
+      if (ok && dollar < PRICE_AXIS_END) {
+        ok = Number.isInteger(dollar);
+        points.push({ price: dollar, below }, { price: dollar + 1, below: below + s });
+      }
       below += s;
     }
     if (ok && total > 0 && Math.abs(below - total) / total <= maxChange) return new PriorCurve(normalisePoints(points, below), below, true);
@@ -1218,7 +1232,11 @@ class PriorCurve {
   ) {
     this.prices = points.map((p) => p.price);
     this.curve = new MonotoneCurve(points, total);
+    this.end = points.length >= 2 ? points[points.length - 2]!.price + 1 : 1;
   }
+
+  /** Just past last run's highest point below the axis's end: above it the shape knows no stones. */
+  readonly end: number;
 
   /** Tonight's stones below `price` as last run's shape predicts them, between tonight's probed points lo < price < hi. */
   predict(price: number, lo: CumulativePoint, hi: CumulativePoint): number {

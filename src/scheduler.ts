@@ -36,7 +36,7 @@ import {
 } from './domain.js';
 import { PermanentError, StoppedError, stopIfAsked, toError } from './errors.js';
 import { scanDensity, warmStartFrom } from './heatmap.js';
-import type { Logger } from './log.js';
+import { scrub, type Logger } from './log.js';
 import type { NivodaClient } from './nivoda/client.js';
 import { diamondQuery, type QueryScope } from './nivoda/query.js';
 import { planPartitions, type PartitionRules } from './partitioner.js';
@@ -89,6 +89,8 @@ export interface ScanHistory {
   points?: readonly CumulativePoint[];
   /** Full runs: the raw table's stones per whole dollar (what the workers of the runs before wrote), the scan's exact guide. */
   stones?: readonly DollarStones[];
+  /** Why the raw table's stones could not be read (the scan went without them). */
+  stonesUnread?: string;
 }
 
 export interface RunDeps extends PlanDeps {
@@ -202,6 +204,7 @@ async function scanWindow(deps: PlanDeps, { runType, window, watermark }: Resolv
         historyRunId: history.runId,
         historyPoints: history.points?.length ?? 0,
         historyStoneDollars: history.stones?.length ?? 0,
+        ...(history.stonesUnread !== undefined && { stonesUnread: history.stonesUnread }),
       }),
       ...(scan.start === 'warm' && { prior: scan.prior }),
     },
@@ -475,12 +478,22 @@ export async function scanHistory(
   if (!last) return undefined;
   // A full window is the whole inventory, as the raw table holds it; an incremental one is the
   // stones updated since the watermark, which the raw table does not tell apart.
-  const stones = like.runType === 'full' ? await rawStonesByDollar(db, like.priceField) : [];
+  // The shape is only a guide: a failed read leaves the scan to last run's points, and says why.
+  let stones: DollarStones[] = [];
+  let stonesUnread: string | undefined;
+  if (like.runType === 'full') {
+    try {
+      stones = await rawStonesByDollar(db, like.priceField);
+    } catch (err) {
+      stonesUnread = scrub(toError(err).message);
+    }
+  }
   return {
     runId: last.run.runId,
     totalRecords: last.run.totalRecords,
     partitions: last.partitions,
     ...(last.scanPoints && { points: last.scanPoints }),
     ...(stones.length > 0 && { stones }),
+    ...(stonesUnread !== undefined && { stonesUnread }),
   };
 }

@@ -36,7 +36,7 @@ import {
   type NewRun,
   type RunRecord,
 } from '../src/db/runs.js';
-import type { Partition } from '../src/domain.js';
+import { PRICE_AXIS_END, type Partition } from '../src/domain.js';
 import { acquireLock } from '../src/lease.js';
 import { createLogger } from '../src/log.js';
 import { forEachBackend, runCleanups, type Backend } from './helpers/conformance.js';
@@ -388,12 +388,21 @@ forEachBackend('database port', [postgres, pglite], (suite) => {
         JSON.stringify(payload),
         randomUUID(),
       ]);
+    // Prices past the price axis, one too large for a JS number: counted at the axis's end.
+    for (const [i, payload] of ['{"price": 1e400}', '{"price": 1000000000000}'].entries())
+      await db.query('INSERT INTO raw_diamonds_nivoda (supplier_stone_id, offer_id, payload, run_id) VALUES ($1, $2, $3::jsonb, $4)', [
+        `huge-${i}`,
+        `offer-huge-${i}`,
+        payload,
+        randomUUID(),
+      ]);
     assert.deepEqual(await rawStonesByDollar(db, 'dollar_value'), [
       { dollar: 0, stones: 1 },
       { dollar: 499, stones: 2 },
       { dollar: 500, stones: 1 },
       { dollar: 700, stones: 2 },
       { dollar: 1_234_567, stones: 1 },
+      { dollar: PRICE_AXIS_END, stones: 2 },
     ]);
     assert.deepEqual(await rawStonesByDollar(db, 'dollar_per_carat'), [
       { dollar: 0, stones: 1 },

@@ -395,6 +395,26 @@ describe('scanDensity: warm start, balance target, budget', () => {
     assert.ok(exact < points, `with stones ${exact} count queries over three nights, with points ${points}`);
   });
 
+  it('with stones per dollar, a new spike in the first or the last partition, or past the axis, stays exact and balanced', async () => {
+    const cold = await planFor(base, quantile(fullRules));
+    // Last night's shape with a few absurd prices the raw table held (counted at the axis's end, even one too large for a number).
+    const stones = [...byDollar(base), { dollar: PRICE_AXIS_END, stones: 2 }, { dollar: Infinity, stones: 1 }];
+    for (const [night, spike] of [
+      [10, 120],
+      [11, 90_000],
+    ] as const) {
+      const tonight = drifted(base, night, spike);
+      const { scan, plan } = await planFor(
+        tonight,
+        quantile(fullRules, { warmStart: warmStartFrom(cold.scan.total, cold.plan, cold.scan.points, stones) }),
+      );
+      assertContract(tonight, plan, fullRules);
+      assert.equal(scan.prior, 'stones', `spike at $${spike}`);
+      assert.equal(scan.stopReason, 'balanced', `spike at $${spike}`);
+      assert.ok(scan.balance <= 1.02, `spike at $${spike}: max/ideal ${scan.balance}`);
+    }
+  });
+
   it('ignores stones per dollar that are malformed or far from tonight’s total, and says which shape it used', async () => {
     const cold = await planFor(base, quantile(fullRules));
     const tonight = drifted(base, 9, 1_200);
@@ -402,6 +422,10 @@ describe('scanDensity: warm start, balance target, budget', () => {
     const cases: Array<[string, DollarStones[], 'points' | 'stones']> = [
       ['unsorted', [stones[1]!, stones[0]!, ...stones.slice(2)], 'points'],
       ['a fractional count', [{ dollar: stones[0]!.dollar, stones: 1.5 }, ...stones.slice(1)], 'points'],
+      ['a repeated dollar', [stones[0]!, ...stones], 'points'],
+      ['a dollar of no stones', [{ dollar: stones[0]!.dollar, stones: 0 }, ...stones.slice(1)], 'points'],
+      ['a negative dollar', [{ dollar: -1, stones: 1 }, ...stones], 'points'],
+      ['a fractional dollar', [...stones.slice(0, -1), { dollar: stones.at(-1)!.dollar + 0.5, stones: 1 }], 'points'],
       ['half the stones (a raw table being refilled)', stones.filter((_, i) => i % 2 === 0), 'points'],
       ['well formed', stones, 'stones'],
     ];

@@ -451,6 +451,27 @@ describe('run safety on the real process', () => {
     assert.ok(ssl.logs.some((l) => l.msg === 'runtime warning' && String(l.detail).includes('SECURITY WARNING')));
   });
 
+  it('a raw table the scan cannot read its shape from: the full run goes warm on last run’s points and says why', async () => {
+    const t = await setup('stones-unread');
+    try {
+      assert.equal((await runCli(['run', '--full'], t.env)).code, 0);
+      await t.sql.query(`UPDATE run_metadata SET completed_at = now(), status = 'completed'`); // the consolidator's part
+      await t.addRawRow('left-by-the-workers');
+      // A schema the operator changed by hand: the read of the stones per dollar fails, the run does not.
+      await t.sql.query('ALTER TABLE raw_diamonds_nivoda RENAME COLUMN payload TO payload_moved');
+      const warm = await runCli(['run', '--full'], t.env);
+      assert.equal(warm.code, 0, warm.stderr);
+      const start = warm.logs.find((l) => l.start !== undefined);
+      assert.equal(start?.start, 'warm', JSON.stringify(start));
+      assert.equal(start?.prior, 'points', JSON.stringify(start));
+      assert.match(String(start?.stonesUnread), /payload/);
+      assert.equal(await t.rawCount(), 0, 'the full run still emptied the raw table');
+      assert.equal((await t.runs()).filter((r) => r.status !== 'failed').length, 2);
+    } finally {
+      await t.done();
+    }
+  });
+
   it('on a terminal, the scan shows a progress line; piped, it does not', async () => {
     const hasScript = await promisify(execFile)('script', ['--version']).then(
       () => true,

@@ -9,7 +9,7 @@
 // re-scanned. 'abandoned' is only ever an operator's decision.
 import type { BaseQuery } from '../config.js';
 import type { CumulativePoint, DollarStones } from '../density.js';
-import type { Partition, PriceField, RunType } from '../domain.js';
+import { PRICE_AXIS_END, type Partition, type PriceField, type RunType } from '../domain.js';
 import { PermanentError } from '../errors.js';
 import { scrub } from '../log.js';
 import { iso, isoOrNull, type Database, type Queryable, type Row } from './database.js';
@@ -345,7 +345,8 @@ export async function rawTableHasRows(db: Queryable): Promise<boolean> {
 /**
  * The raw table's stones per whole dollar of the price field, as the workers' filter reads it
  * (dollar_value: price / 100; dollar_per_carat: that over the carats): last night's exact shape,
- * a full scan's guide between its probes. Rows without a usable price are left out.
+ * a full scan's guide between its probes. Rows without a usable price are left out; prices past
+ * the price axis are counted at its end.
  */
 export async function rawStonesByDollar(db: Queryable, priceField: PriceField): Promise<DollarStones[]> {
   // CASE, not WHERE, guards the casts: SQL does not promise to test a WHERE's conditions in order.
@@ -353,7 +354,7 @@ export async function rawStonesByDollar(db: Queryable, priceField: PriceField): 
     `CASE WHEN jsonb_typeof(payload #> '${path}') = 'number' THEN (payload #>> '${path}')::numeric END`;
   const dollars = priceField === 'dollar_value' ? 'cents / 100' : 'cents / 100 / carats';
   const rows = await db.query<{ dollar: unknown; stones: unknown }>(
-    `SELECT floor(${dollars}) AS dollar, count(*) AS stones
+    `SELECT least(floor(${dollars}), ${PRICE_AXIS_END}) AS dollar, count(*) AS stones
        FROM (SELECT ${number('{price}')} AS cents, ${number('{diamond,certificate,carats}')} AS carats FROM raw_diamonds_nivoda) AS raw
       WHERE cents >= 0 ${priceField === 'dollar_value' ? '' : 'AND carats > 0'}
       GROUP BY 1 ORDER BY 1`,
