@@ -9,6 +9,8 @@
 //   full warm          the drifted inventory, from the cold plan's boundaries N = 30
 //                      and last night's stones per dollar (the raw table the workers filled)
 //   full warm + spike  the same with the new spike                            N = 30
+//                      (BENCH_NO_STONES=1: without the stones; BENCH_STONES_SCALE=1.1: their
+//                      prices 10 % up, a misleading shape)
 //   incremental cold   tonight's window (3 % of the drifted stones), no history, up to 10 workers
 //   incremental warm   the same window, from last night's window's plan (the generator's last-day stones)
 // Scan time is simulated, not measured: every round waits one latency (BENCH_LATENCY_MS, 100)
@@ -32,6 +34,8 @@ const LATENCY_S = Number(process.env.BENCH_LATENCY_MS ?? 100) / 1000;
 const RATE = Number(process.env.BENCH_RPS ?? 24);
 const SEEDS = parseSeeds(process.env.BENCH_SEEDS ?? '101-130');
 const TOLERANCE = Number(process.env.BENCH_TOLERANCE ?? 0.02);
+/** Every price of last night's stones per dollar times this: a misleading shape (1 = the real one). */
+const STONES_SCALE = Number(process.env.BENCH_STONES_SCALE ?? 1);
 
 const full: PartitionRules = { maxWorkers: 30, recordsPerWorker: 5000, minRecordsPerWorker: 1000 };
 const incremental: PartitionRules = { ...full, maxWorkers: 10 };
@@ -186,7 +190,7 @@ async function main(): Promise<void> {
       cold.scan.total,
       planPartitions(cold.scan, full),
       cold.scan.points,
-      process.env.BENCH_NO_STONES ? undefined : dollarStones(base),
+      process.env.BENCH_NO_STONES ? undefined : dollarStones(STONES_SCALE === 1 ? base : base.map((c) => Math.round(c * STONES_SCALE))),
     );
     results.get('full warm')!.push(await scan(drift(base, seed, false), full, history));
     results.get('full warm + spike')!.push(await scan(drift(base, seed, true), full, history));

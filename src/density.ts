@@ -77,20 +77,11 @@ export function normalisePoints(points: readonly CumulativePoint[], total: numbe
 
 /** The adjacent points with lo.below <= target <= hi.below (lo the last such, so hi.below > target unless at the end). */
 export function bracket(points: NormalisedPoints, target: number): { lo: CumulativePoint; hi: CumulativePoint } {
-  return around(points, 'below', target);
-}
-
-/** The adjacent points with lo.price <= price < hi.price (hi the last point when price is past it). */
-export function bracketAtPrice(points: NormalisedPoints, price: number): { lo: CumulativePoint; hi: CumulativePoint } {
-  return around(points, 'price', price);
-}
-
-function around(points: NormalisedPoints, key: 'below' | 'price', value: number): { lo: CumulativePoint; hi: CumulativePoint } {
   let a = 0;
   let b = points.length - 1;
   while (b - a > 1) {
     const mid = (a + b) >> 1;
-    if (points[mid]![key] <= value) a = mid;
+    if (points[mid]!.below <= target) a = mid;
     else b = mid;
   }
   return { lo: points[a]!, hi: points[b]! };

@@ -32,7 +32,6 @@ import type { HeatmapStrategy } from './config.js';
 import { PRICE_AXIS_END, type PriceBounds } from './domain.js';
 import {
   bracket,
-  bracketAtPrice,
   cutCandidates,
   firstAtLeast,
   lastAtMost,
@@ -344,8 +343,11 @@ async function seedScan(probe: Prober, total: number, options: ScanOptions): Pro
 //      find its edges in a round or two instead of a bisection per round.
 //   5. a warm start with last night's stones per dollar (WarmStart.stones, the raw table) skips
 //      3–4: its shape is exact but for a night's drift and new spikes, so exactPlan plans every
-//      cut at a whole dollar on the counts it predicts and probes the cuts it moved; what a probe
-//      shows reshapes the next plan. Back to 3–4 when that finds no plan (or on 'unreachable').
+//      cut at a whole dollar on the counts it predicts and probes, in one round, the cuts it
+//      moved; what a probe shows reshapes the next plan. A bracket holding a new spike's excess
+//      is cut near its edges as a gamble on the spike's side, else with room for either side,
+//      and only with that room once a gamble missed. Back to 3–4 when that finds no plan (or
+//      on 'unreachable').
 
 /** Brackets at most this wide (in price, relative to their low end) are interpolated linearly. */
 const NARROW = 0.15;
@@ -415,6 +417,7 @@ async function quantileScan(probe: Prober, options: ScanOptions): Promise<Outcom
   const sweep: SweepState = { parts: 0, maxLoad: 0, fixed: [], widths: [], off: false };
   let halfShare: number | undefined;
   let exactGaveWay = false;
+  const excess: ExcessWatch = { around: false, gambles: new Map() };
   for (;;) {
     const points = normalisePoints(probe.points(), total);
     const known = cutCandidates(points, total);
@@ -435,7 +438,7 @@ async function quantileScan(probe: Prober, options: ScanOptions): Promise<Outcom
     if (room <= 0) return { ...start, stopReason: 'budget' };
 
     if (prior?.exact && !unreachable && !exactGaveWay && n <= EXACT_MAX_PARTS) {
-      const planned = exactProbes(points, prior, spikes, probe, total, n, limit, min, room);
+      const planned = exactProbes(points, prior, excess, probe, total, n, limit, min, budget - probe.queries, wave);
       if (planned.length > 0) {
         await probe.wave(planned);
         continue;
@@ -483,36 +486,134 @@ async function quantileScan(probe: Prober, options: ScanOptions): Promise<Outcom
 
 /**
  * The probes of a warm round with last night's exact shape (PriorCurve.exact): the cuts of the
- * plan exactPlan makes that are not probed yet. A cut it keeps asking for inside a bracket that
- * keeps its stones as it narrows sits at a spike last night did not have: probes spread over
- * the bracket (SpikeWatch) find its edges sooner than one guess a round.
+ * plan exactPlan makes that are not probed yet, all of them in one round (the shape is exact but
+ * for a night's drift, so they rarely miss). Tonight's stones per stone of the shape is the
+ * median over the brackets (nightScale), so a new spike's stones show as one bracket's excess
+ * instead of a deficit everywhere. A gamble on an excess's side (see exactPlan) that missed
+ * means the excess sits near its bracket's edge: from then on the plan allows for either side.
+ * Without a plan at the target it plans without the margin, then a little over the target
+ * (EXACT_LADDER): the next round plans on what those probes count. Without any, it spreads a
+ * round of probes over the largest excess to find it. More than MAX_EXCESSES excesses are a
+ * shape gone wrong, not a spike: plain rescaling then, a wave at a time.
  */
 function exactProbes(
   points: NormalisedPoints,
   prior: PriorCurve,
-  spikes: SpikeWatch,
+  excess: ExcessWatch,
   probe: Prober,
   total: number,
   n: number,
   maxLoad: number,
   min: number,
   room: number,
+  wave: number,
 ): number[] {
+  const slack = maxLoad - total / n;
+  for (const [price, predicted] of excess.gambles) {
+    const at = points.find((p) => p.price === price);
+    if (at !== undefined && Math.abs(at.below - predicted) > EXCESS_FLAG * slack) excess.around = true;
+  }
+  excess.gambles.clear();
+  const scale = nightScale(points, prior, total);
+  const excesses = excessBrackets(points, prior, scale, slack);
+  const misled = excesses.length > MAX_EXCESSES;
+  const mode = misled ? 'none' : excess.around ? 'around' : 'gamble';
+  // A plan without the margin, or a little over the target, beats none: its probes land where
+  // the counts that decide the plan are, and the next round plans on them.
+  let plan: ExactCut[] | undefined;
+  for (const [marginShare, slackFactor] of EXACT_LADDER) {
+    plan ??= exactPlan(points, prior, scale, total, n, total / n + slack * slackFactor, min, mode, marginShare);
+  }
+  if (plan !== undefined) return take(plan, misled ? Math.min(room, wave) : room, probe, excess);
+  if (misled) return [];
+  // No plan even so: find the widest excess (every dollar of a narrow bracket, else a wave spread evenly).
+  let widest: (typeof excesses)[number] | undefined;
+  for (const e of excesses) if (widest === undefined || Math.abs(e.excess) > Math.abs(widest.excess)) widest = e;
+  if (widest === undefined) return [];
+  const { lo, hi } = widest;
+  const dollars = hi.price - lo.price;
+  const k = Math.min(room, dollars - 1 <= 2 * wave ? dollars - 1 : wave);
+  const finding: number[] = [];
+  for (let i = 1; i <= k; i++) {
+    const price = Math.round(lo.price + (dollars * i) / (k + 1));
+    if (price > lo.price && price < hi.price && !probe.has(price) && !finding.includes(price)) finding.push(price);
+  }
+  return finding;
+}
+
+/**
+ * Tonight's stones per stone of last run's shape, the median over the brackets: a new spike's
+ * stones in one bracket leave it where the night's drift put it (a ratio of totals would not).
+ */
+function nightScale(points: NormalisedPoints, prior: PriorCurve, total: number): number {
+  const ratios: number[] = [];
+  for (let i = 0; i + 1 < points.length; i++) {
+    const was = prior.below(points[i + 1]!.price) - prior.below(points[i]!.price);
+    if (was > 0) ratios.push((points[i + 1]!.below - points[i]!.below) / was);
+  }
+  if (ratios.length === 0) return prior.total > 0 ? total / prior.total : 1;
+  ratios.sort((a, b) => a - b);
+  return ratios[Math.floor(ratios.length / 2)]!;
+}
+
+/** The plan's cuts not probed yet, at most `limit`; its gambles are remembered to be checked. */
+function take(plan: ExactCut[] | undefined, limit: number, probe: Prober, excess: ExcessWatch): number[] {
   const chosen: number[] = [];
-  const take = (price: number, hole: Hole): void => {
-    if (chosen.length >= room || probe.has(price) || chosen.includes(price)) return;
-    chosen.push(price);
-    spikes.probed(price, hole);
-  };
-  for (const price of exactPlan(points, prior, total, n, maxLoad, min) ?? []) {
-    const { lo, hi } = bracketAtPrice(points, price);
-    const hole: Hole = { target: price, half: 0, lo, hi };
-    const spread = spikes.holds(hole) ? spikes.spread(hole) : [];
-    take(price, hole);
-    for (const extra of spread) take(extra, hole);
+  for (const cut of plan ?? []) {
+    if (chosen.length >= limit || probe.has(cut.price)) continue;
+    chosen.push(cut.price);
+    if (cut.gamble !== undefined) excess.gambles.set(cut.price, cut.gamble);
   }
   return chosen;
 }
+
+/** A cut of exactPlan's: its price, and when it is a gamble on an excess's side, the count it predicts. */
+interface ExactCut {
+  price: number;
+  gamble?: number;
+}
+
+/** Tonight's brackets (wider than a dollar, within last run's prices) whose stones differ from last run's shape's, rescaled to tonight's total, by more than EXCESS_FLAG × slack. */
+function excessBrackets(
+  points: NormalisedPoints,
+  prior: PriorCurve,
+  scale: number,
+  slack: number,
+): Array<{ lo: CumulativePoint; hi: CumulativePoint; excess: number }> {
+  const out: Array<{ lo: CumulativePoint; hi: CumulativePoint; excess: number }> = [];
+  for (let i = 0; i + 1 < points.length; i++) {
+    const lo = points[i]!;
+    const hi = points[i + 1]!;
+    if (hi.price - lo.price <= 1 || hi.price > prior.end) continue;
+    const excess = hi.below - lo.below - (prior.below(hi.price) - prior.below(lo.price)) * scale;
+    if (Math.abs(excess) > EXCESS_FLAG * slack) out.push({ lo, hi, excess });
+  }
+  return out;
+}
+/**
+ * More brackets than this with an excess: the shape is off, not a new spike (a spike's excess can
+ * span two brackets). Seeds 101–130: 1 / 2 / 4 give the same spike nights.
+ */
+const MAX_EXCESSES = 2;
+
+/** What an exact scan learnt of tonight's excesses: whether it still gambles on their side, and its gambles in flight (price, predicted count). */
+interface ExcessWatch {
+  around: boolean;
+  gambles: Map<number, number>;
+}
+/**
+ * A bracket whose stones differ from last run's shape's (rescaled by nightScale) by more than
+ * this share of a partition's slack holds an excess: a new spike, or one gone. A night's drift
+ * moves a partition's count by well under it (seeds 101–130: 0.3 / 0.5 / 1 give the same plans).
+ */
+const EXCESS_FLAG = 0.5;
+/**
+ * A cut within this share of an excess bracket's stones (by last run's shape) from its edge is a
+ * gamble that the excess lies beyond it; deeper inside, the plan allows for either side. Measured
+ * on the spike nights of seeds 101–130: 0.05 / 0.1 / 0.2 give 39 / 38 / 38 count queries median,
+ * p90 49 / 39 / 39.
+ */
+const EXCESS_EDGE = 0.1;
 
 /**
  * exactPlan's DP grows with partitions × candidates (about 400 per bracket): plans of up to this
@@ -528,6 +629,20 @@ const EXACT_SAMPLES = 400;
  * median, p90 40 / 41 / 43 / 68, with the exact shape), checked on 201–230 and 301–330.
  */
 const EXACT_MARGIN = 0.02;
+/**
+ * exactPlan's tries, first to last: (margin share, slack factor of the target). Measured on a
+ * 1,500-stone spike beside a boundary of a 150,000-stone inventory (a third of a partition over a
+ * 2 % target; heatmap.test.ts): without the last three, plans give out once the spike is found and
+ * the chain takes 7–11 more rounds; with them 3–4 rounds in all. The benchmark's seeds 101–130
+ * give the same figures with the first alone.
+ */
+const EXACT_LADDER: ReadonlyArray<readonly [number, number]> = [
+  [EXACT_MARGIN, 1],
+  [0, 1],
+  [0, 1.1],
+  [0, 1.25],
+  [0, 1.5],
+];
 
 /**
  * The plan with the fewest unprobed cuts, then the most slack: a DP over tonight's probed points
@@ -536,37 +651,78 @@ const EXACT_MARGIN = 0.02;
  * prices come back (they are tonight's probes); undefined when no such plan meets maxLoad.
  * Unlike planChain's evenly spaced windows, a probe that lands off its prediction only moves
  * the cuts that must move to make room for it.
+ *
+ * A bracket whose stones differ from the shape's by more than EXCESS_FLAG of the slack does not
+ * say where inside it the excess sits (a new spike is one dollar anywhere): rescaling the shape
+ * to the bracket would spread it and miss everywhere. A cut in its outer EXCESS_EDGE on either
+ * side gambles that the excess lies beyond it (the gamble comes back with its predicted count,
+ * for exactProbes to check); a cut deeper inside, or any once `around`, may count anywhere from
+ * "the excess above" to "below", and both partitions beside it must allow for that. With
+ * `none` every bracket is rescaled (a shape gone wrong has no one excess to plan around).
  */
 function exactPlan(
   points: NormalisedPoints,
   prior: PriorCurve,
+  scale: number,
   total: number,
   n: number,
   maxLoad: number,
   min: number,
-): number[] | undefined {
-  const margin = EXACT_MARGIN * (maxLoad - total / n);
+  excesses: 'none' | 'gamble' | 'around',
+  marginShare: number,
+): ExactCut[] | undefined {
+  const margin = marginShare * (maxLoad - total / n);
+  const slackShare = maxLoad - total / n;
   const prices: number[] = [];
-  const counts: number[] = [];
+  // A candidate's count tonight lies in [lows, highs]: one number but inside an excess bracket.
+  const lows: number[] = [];
+  const highs: number[] = [];
   const predicted: boolean[] = [];
+  const gambles: Array<number | undefined> = [];
   for (let i = 0; i < points.length; i++) {
     const p = points[i]!;
     prices.push(p.price);
-    counts.push(p.below);
+    lows.push(p.below);
+    highs.push(p.below);
     predicted.push(false);
+    gambles.push(undefined);
     const q = points[i + 1];
     if (q === undefined || q.price - p.price <= 1 || q.below === p.below) continue;
     // Above last night's dearest stone the shape predicts nothing: sample up to it, not to the axis's end.
     const top = Math.min(q.price, Math.max(p.price + 2, prior.end));
     const step = Math.max(1, (top - p.price) / EXACT_SAMPLES);
+    const a = prior.below(p.price);
+    const weight = prior.below(q.price) - a;
+    const e = q.below - p.below - weight * scale;
+    const flagged = excesses !== 'none' && q.price <= prior.end && Math.abs(e) > EXCESS_FLAG * slackShare;
+    const edge = excesses === 'around' ? 0 : EXCESS_EDGE;
     let last = p.price;
     for (let x = p.price + step; x < top; x += step) {
       const price = Math.round(x);
       if (price <= last || price >= top) continue;
       last = price;
       prices.push(price);
-      counts.push(prior.predict(price, p, q));
       predicted.push(true);
+      if (!flagged) {
+        const c = prior.predict(price, p, q);
+        lows.push(c);
+        highs.push(c);
+        gambles.push(undefined);
+        continue;
+      }
+      const base = clamp(p.below + (prior.below(price) - a) * scale, Math.min(p.below, q.below - e), Math.max(p.below, q.below - e));
+      const share = weight > 0 ? (prior.below(price) - a) / weight : (price - p.price) / (q.price - p.price);
+      // Near an edge, the excess is taken to lie beyond the cut (a gamble a probe checks); elsewhere either side.
+      const at = share <= edge ? base : share >= 1 - edge ? base + e : undefined;
+      if (at !== undefined) {
+        lows.push(at);
+        highs.push(at);
+        gambles.push(at);
+      } else {
+        lows.push(Math.min(base, base + e));
+        highs.push(Math.max(base, base + e));
+        gambles.push(undefined);
+      }
     }
   }
   const m = prices.length;
@@ -583,13 +739,13 @@ function exactPlan(
     const low = Math.max(total - (n - k) * maxLoad, k * min);
     const high = Math.min(k * maxLoad, total - (n - k) * min);
     for (let j = 1; j < m; j++) {
-      if (k === n ? j !== m - 1 : j === m - 1 || counts[j]! < low || counts[j]! > high) continue;
+      if (k === n ? j !== m - 1 : j === m - 1 || highs[j]! < low || lows[j]! > high) continue;
       const own = predicted[j] ? margin : 0;
       for (let i = j - 1; i >= 0; i--) {
-        const load = counts[j]! - counts[i]!;
+        const load = highs[j]! - lows[i]!;
         if (load > maxLoad) break;
         const room = maxLoad - load - own - (predicted[i] ? margin : 0);
-        if (room < 0 || load < min || cost[i] === Infinity) continue;
+        if (room < 0 || lows[j]! - highs[i]! < min || cost[i] === Infinity) continue;
         const c = cost[i]! + (predicted[j] ? 1 : 0);
         const r = Math.min(slack[i]!, room);
         if (c < nextCost[j]! || (c === nextCost[j]! && r > nextSlack[j]!)) {
@@ -604,10 +760,10 @@ function exactPlan(
     slack = nextSlack;
   }
   if (cost[m - 1] === Infinity) return undefined;
-  const out: number[] = [];
+  const out: ExactCut[] = [];
   for (let k = n, j = m - 1; k > 0; k--) {
     const i = from[k - 1]![j]!;
-    if (predicted[i]) out.push(prices[i]!);
+    if (predicted[i]) out.push({ price: prices[i]!, ...(gambles[i] !== undefined && { gamble: gambles[i] }) });
     j = i;
   }
   return out;
@@ -1227,7 +1383,7 @@ class PriorCurve {
   /** exact: the points are a count below every dollar that holds stones and the next one (WarmStart.stones). */
   constructor(
     private readonly points: NormalisedPoints,
-    total: number,
+    readonly total: number,
     readonly exact = false,
   ) {
     this.prices = points.map((p) => p.price);
@@ -1265,7 +1421,8 @@ class PriorCurve {
     return l;
   }
 
-  private below(price: number): number {
+  /** Last run's stones below `price`. */
+  below(price: number): number {
     const i = firstAtLeast(this.prices, price + 1) - 1;
     if (i < 0) return 0;
     const at = this.points[i]!;

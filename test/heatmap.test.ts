@@ -7,6 +7,7 @@ import {
   scanDensity,
   warmStartFrom,
   type CountFn,
+  type DensityScan,
   type DollarStones,
   type ScanOptions,
   type WarmStart,
@@ -356,7 +357,7 @@ describe('scanDensity: warm start, balance target, budget', () => {
     return [...counts].sort((a, b) => a[0] - b[0]).map(([dollar, stones]) => ({ dollar, stones }));
   };
 
-  it('with last night’s stones per dollar, a spike night costs fewer queries than with its points, and stays exact', async () => {
+  it('with last night’s stones per dollar, a spike night takes fewer dependent rounds than with its points, and stays exact', async () => {
     const cold = await planFor(base, quantile(fullRules));
     const stones = byDollar(base);
     assert.equal(
@@ -389,20 +390,19 @@ describe('scanDensity: warm start, balance target, budget', () => {
       assert.equal(withPoints.scan.prior, 'points');
       // The first round is the same: the total and every old boundary.
       assert.deepEqual(withStones.asked.slice(0, cold.plan.length), withPoints.asked.slice(0, cold.plan.length));
-      exact += withStones.scan.countQueries;
-      points += withPoints.scan.countQueries;
+      // A spike a third of a partition over a 2 % target: planned around where the points chase it round by round.
+      assert.ok(withStones.scan.rounds <= 4, `spike at $${spike}: ${withStones.scan.rounds} rounds with stones`);
+      exact += withStones.scan.rounds;
+      points += withPoints.scan.rounds;
     }
-    assert.ok(exact < points, `with stones ${exact} count queries over three nights, with points ${points}`);
+    assert.ok(exact < points, `with stones ${exact} rounds over three nights, with points ${points}`);
   });
 
-  it('with stones per dollar, a new spike in the first or the last partition, or past the axis, stays exact and balanced', async () => {
+  /** Spike nights warm from the cold plan of `base` and `stones`: exact, balanced on stones per dollar; their scans. */
+  const spikeNights = async (stones: DollarStones[], nights: ReadonlyArray<readonly [number, number]>) => {
     const cold = await planFor(base, quantile(fullRules));
-    // Last night's shape with a few absurd prices the raw table held (counted at the axis's end, even one too large for a number).
-    const stones = [...byDollar(base), { dollar: PRICE_AXIS_END, stones: 2 }, { dollar: Infinity, stones: 1 }];
-    for (const [night, spike] of [
-      [10, 120],
-      [11, 90_000],
-    ] as const) {
+    const scans: Array<{ spike: number; scan: DensityScan }> = [];
+    for (const [night, spike] of nights) {
       const tonight = drifted(base, night, spike);
       const { scan, plan } = await planFor(
         tonight,
@@ -412,7 +412,33 @@ describe('scanDensity: warm start, balance target, budget', () => {
       assert.equal(scan.prior, 'stones', `spike at $${spike}`);
       assert.equal(scan.stopReason, 'balanced', `spike at $${spike}`);
       assert.ok(scan.balance <= 1.02, `spike at $${spike}: max/ideal ${scan.balance}`);
+      scans.push({ spike, scan });
     }
+    return scans;
+  };
+
+  it('with stones per dollar, a new spike just above or below an old boundary is planned around in at most four rounds', async () => {
+    const cold = await planFor(base, quantile(fullRules));
+    const cuts = warmStartFrom(cold.scan.total, cold.plan).cuts;
+    const nights = [
+      [12, cuts[12]! + 2],
+      [13, cuts[20]! - 3],
+      [14, cuts[25]! + 40],
+      [15, cuts[5]! + 1],
+    ] as const;
+    for (const { spike, scan } of await spikeNights(byDollar(base), nights)) {
+      assert.ok(scan.rounds <= 4, `spike at $${spike}: ${scan.rounds} rounds`);
+    }
+  });
+
+  it('with stones per dollar, a new spike in the first or the last partition, or past the axis, stays exact and balanced', async () => {
+    // Last night's shape with a few absurd prices the raw table held (counted at the axis's end, even one too large for a number).
+    const stones = [...byDollar(base), { dollar: PRICE_AXIS_END, stones: 2 }, { dollar: Infinity, stones: 1 }];
+    const scans = await spikeNights(stones, [
+      [10, 120],
+      [11, 90_000],
+    ]);
+    assert.equal(scans.length, 2);
   });
 
   it('ignores stones per dollar that are malformed or far from tonight’s total, and says which shape it used', async () => {
