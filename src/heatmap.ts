@@ -494,7 +494,7 @@ async function quantileScan(probe: Prober, options: ScanOptions): Promise<Outcom
  * Without a plan at the target it plans without the margin, then a little over the target
  * (EXACT_LADDER): the next round plans on what those probes count. Without any, it spreads a
  * round of probes over the largest excess to find it. More than MAX_EXCESSES excesses are a
- * shape gone wrong, not a spike: plain rescaling then, a wave at a time.
+ * shape gone wrong, or many new spikes: it gives way to the chain (an empty round).
  */
 function exactProbes(
   points: NormalisedPoints,
@@ -516,17 +516,18 @@ function exactProbes(
   excess.gambles.clear();
   const scale = nightScale(points, prior, total);
   const excesses = excessBrackets(points, prior, scale, slack);
-  const misled = excesses.length > MAX_EXCESSES;
-  const mode = misled ? 'none' : excess.around ? 'around' : 'gamble';
+  // Excesses in many brackets are not new spikes but a shape gone wrong: the chain, from here on.
+  if (excesses.length > MAX_EXCESSES) return [];
+  const excessAt = new Map(excesses.map((e) => [e.lo.price, e.excess]));
   // A plan without the margin, or a little over the target, beats none: its probes land where
-  // the counts that decide the plan are, and the next round plans on them.
-  let plan: ExactCut[] | undefined;
+  // the counts that decide the plan are, and the next round plans on them. A plan of probed cuts
+  // only is none: nothing to learn from it.
   for (const [marginShare, slackFactor] of EXACT_LADDER) {
-    plan ??= exactPlan(points, prior, scale, total, n, total / n + slack * slackFactor, min, mode, marginShare);
+    const plan = exactPlan(points, prior, scale, total, n, total / n + slack * slackFactor, min, excessAt, excess.around, marginShare);
+    const chosen = take(plan, room, probe, excess);
+    if (chosen.length > 0) return chosen;
   }
-  if (plan !== undefined) return take(plan, misled ? Math.min(room, wave) : room, probe, excess);
-  if (misled) return [];
-  // No plan even so: find the widest excess (every dollar of a narrow bracket, else a wave spread evenly).
+  // No plan: find the largest excess (every dollar of a narrow bracket, else a wave spread evenly).
   let widest: (typeof excesses)[number] | undefined;
   for (const e of excesses) if (widest === undefined || Math.abs(e.excess) > Math.abs(widest.excess)) widest = e;
   if (widest === undefined) return [];
@@ -573,7 +574,7 @@ interface ExactCut {
   gamble?: number;
 }
 
-/** Tonight's brackets (wider than a dollar, within last run's prices) whose stones differ from last run's shape's, rescaled to tonight's total, by more than EXCESS_FLAG × slack. */
+/** Tonight's brackets (wider than a dollar, within last run's prices) whose stones differ from last run's shape's, rescaled by nightScale, by more than EXCESS_FLAG × slack. */
 function excessBrackets(
   points: NormalisedPoints,
   prior: PriorCurve,
@@ -591,8 +592,10 @@ function excessBrackets(
   return out;
 }
 /**
- * More brackets than this with an excess: the shape is off, not a new spike (a spike's excess can
- * span two brackets). Seeds 101–130: 1 / 2 / 4 give the same spike nights.
+ * More brackets than this with an excess: the shape is off, or new spikes are many, and the chain
+ * does better (a spike's excess can span two brackets). Seeds 101–130: 1 / 2 / 4 give the same
+ * spike nights; three new spikes on the 150,000-stone inventory of heatmap.test.ts take 96
+ * queries in 10 rounds with the chain, 128 in 14 planning around them (at most n / 4 excesses).
  */
 const MAX_EXCESSES = 2;
 
@@ -652,13 +655,12 @@ const EXACT_LADDER: ReadonlyArray<readonly [number, number]> = [
  * Unlike planChain's evenly spaced windows, a probe that lands off its prediction only moves
  * the cuts that must move to make room for it.
  *
- * A bracket whose stones differ from the shape's by more than EXCESS_FLAG of the slack does not
- * say where inside it the excess sits (a new spike is one dollar anywhere): rescaling the shape
- * to the bracket would spread it and miss everywhere. A cut in its outer EXCESS_EDGE on either
- * side gambles that the excess lies beyond it (the gamble comes back with its predicted count,
- * for exactProbes to check); a cut deeper inside, or any once `around`, may count anywhere from
- * "the excess above" to "below", and both partitions beside it must allow for that. With
- * `none` every bracket is rescaled (a shape gone wrong has no one excess to plan around).
+ * A bracket of `excessAt` (its low end's price → its excess, see excessBrackets) does not say
+ * where inside it the excess sits (a new spike is one dollar anywhere): rescaling the shape to
+ * the bracket would spread it and miss everywhere. A cut in its outer EXCESS_EDGE on either side
+ * gambles that the excess lies beyond it (the gamble comes back with its predicted count, for
+ * exactProbes to check); a cut deeper inside, or any once `around`, may count anywhere from "the
+ * excess above" to "below", and both partitions beside it must allow for that.
  */
 function exactPlan(
   points: NormalisedPoints,
@@ -668,11 +670,11 @@ function exactPlan(
   n: number,
   maxLoad: number,
   min: number,
-  excesses: 'none' | 'gamble' | 'around',
+  excessAt: ReadonlyMap<number, number>,
+  around: boolean,
   marginShare: number,
 ): ExactCut[] | undefined {
   const margin = marginShare * (maxLoad - total / n);
-  const slackShare = maxLoad - total / n;
   const prices: number[] = [];
   // A candidate's count tonight lies in [lows, highs]: one number but inside an excess bracket.
   const lows: number[] = [];
@@ -693,9 +695,7 @@ function exactPlan(
     const step = Math.max(1, (top - p.price) / EXACT_SAMPLES);
     const a = prior.below(p.price);
     const weight = prior.below(q.price) - a;
-    const e = q.below - p.below - weight * scale;
-    const flagged = excesses !== 'none' && q.price <= prior.end && Math.abs(e) > EXCESS_FLAG * slackShare;
-    const edge = excesses === 'around' ? 0 : EXCESS_EDGE;
+    const e = excessAt.get(p.price);
     let last = p.price;
     for (let x = p.price + step; x < top; x += step) {
       const price = Math.round(x);
@@ -703,29 +703,34 @@ function exactPlan(
       last = price;
       prices.push(price);
       predicted.push(true);
-      if (!flagged) {
+      if (e === undefined) {
         const c = prior.predict(price, p, q);
         lows.push(c);
         highs.push(c);
         gambles.push(undefined);
         continue;
       }
-      const base = clamp(p.below + (prior.below(price) - a) * scale, Math.min(p.below, q.below - e), Math.max(p.below, q.below - e));
+      const inside = (c: number): number => clamp(c, p.below, q.below);
+      const base = p.below + (prior.below(price) - a) * scale;
       const share = weight > 0 ? (prior.below(price) - a) / weight : (price - p.price) / (q.price - p.price);
-      // Near an edge, the excess is taken to lie beyond the cut (a gamble a probe checks); elsewhere either side.
-      const at = share <= edge ? base : share >= 1 - edge ? base + e : undefined;
+      // Near an edge, the excess is taken to lie beyond the cut (a gamble a probe checks); elsewhere, or once around, either side.
+      const at = around ? undefined : share <= EXCESS_EDGE ? base : share >= 1 - EXCESS_EDGE ? base + e : undefined;
       if (at !== undefined) {
-        lows.push(at);
-        highs.push(at);
-        gambles.push(at);
+        lows.push(inside(at));
+        highs.push(inside(at));
+        gambles.push(inside(at));
       } else {
-        lows.push(Math.min(base, base + e));
-        highs.push(Math.max(base, base + e));
+        lows.push(inside(Math.min(base, base + e)));
+        highs.push(inside(Math.max(base, base + e)));
         gambles.push(undefined);
       }
     }
   }
   const m = prices.length;
+  // A gamble beside an interval can count more than the interval's low end: the scan down from j
+  // stops where even the highest low so far leaves too much.
+  const highestLow = new Float64Array(m);
+  for (let i = 0; i < m; i++) highestLow[i] = Math.max(i > 0 ? highestLow[i - 1]! : -Infinity, lows[i]!);
   // cost[j]: fewest predicted cuts of a plan whose latest cut is j; slack[j]: its tightest room.
   let cost = new Float64Array(m).fill(Infinity);
   let slack = new Float64Array(m).fill(-Infinity);
@@ -742,8 +747,9 @@ function exactPlan(
       if (k === n ? j !== m - 1 : j === m - 1 || highs[j]! < low || lows[j]! > high) continue;
       const own = predicted[j] ? margin : 0;
       for (let i = j - 1; i >= 0; i--) {
+        if (highs[j]! - highestLow[i]! > maxLoad) break;
         const load = highs[j]! - lows[i]!;
-        if (load > maxLoad) break;
+        if (load > maxLoad) continue;
         const room = maxLoad - load - own - (predicted[i] ? margin : 0);
         if (room < 0 || lows[j]! - highs[i]! < min || cost[i] === Infinity) continue;
         const c = cost[i]! + (predicted[j] ? 1 : 0);

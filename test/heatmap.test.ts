@@ -434,11 +434,39 @@ describe('scanDensity: warm start, balance target, budget', () => {
   it('with stones per dollar, a new spike in the first or the last partition, or past the axis, stays exact and balanced', async () => {
     // Last night's shape with a few absurd prices the raw table held (counted at the axis's end, even one too large for a number).
     const stones = [...byDollar(base), { dollar: PRICE_AXIS_END, stones: 2 }, { dollar: Infinity, stones: 1 }];
-    const scans = await spikeNights(stones, [
+    await spikeNights(stones, [
       [10, 120],
       [11, 90_000],
     ]);
-    assert.equal(scans.length, 2);
+  });
+
+  it('with stones per dollar, two or three new spikes, a spike that moved and one that is gone: exact, at the target or its floor, within the budget', async () => {
+    const cold = await planFor(base, quantile(fullRules));
+    const cuts = warmStartFrom(cold.scan.total, cold.plan).cuts;
+    const night = (seed: number, spikes: number[], from: ArrayLike<number> = base): number[] => {
+      const out = drifted(from, seed);
+      for (const dollar of spikes) for (let i = 0; i < 1500; i++) out.push(dollar * 100);
+      return out;
+    };
+    const lastNightSpiked = night(70, [430]);
+    const spikedCold = await planFor(lastNightSpiked, quantile(fullRules));
+    const cases: Array<[string, number[], ArrayLike<number>, Awaited<ReturnType<typeof planFor>>]> = [
+      ['two spikes', night(60, [cuts[8]! + 2, cuts[22]! - 2]), base, cold],
+      ['three spikes', night(61, [cuts[3]! + 2, cuts[14]! + 1, cuts[24]! - 2]), base, cold],
+      ['a spike moved from $430 to $450', night(71, [450], lastNightSpiked), lastNightSpiked, spikedCold],
+      ['a spike gone', night(72, [], lastNightSpiked), lastNightSpiked, spikedCold],
+    ];
+    for (const [name, tonight, lastNight, last] of cases) {
+      const { scan, plan } = await planFor(
+        tonight,
+        quantile(fullRules, { warmStart: warmStartFrom(last.scan.total, last.plan, last.scan.points, byDollar(lastNight)) }),
+      );
+      assertContract(tonight, plan, fullRules);
+      assert.equal(scan.prior, 'stones', name);
+      assert.ok(scan.stopReason === 'balanced' || scan.stopReason === 'unreachable', `${name}: ${scan.stopReason}`);
+      assert.ok(scan.balance <= Math.max(1.02, scan.floor + 0.02) + 1e-9, `${name}: max/ideal ${scan.balance}, floor ${scan.floor}`);
+      assert.ok(scan.countQueries < defaultMaxQueries(30), `${name}: ${scan.countQueries} count queries`);
+    }
   });
 
   it('ignores stones per dollar that are malformed or far from tonight’s total, and says which shape it used', async () => {
