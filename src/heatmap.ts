@@ -521,11 +521,13 @@ function exactProbes(
   const excessAt = new Map(excesses.map((e) => [e.lo.price, e.excess]));
   // A plan without the margin, or a little over the target, beats none: its probes land where
   // the counts that decide the plan are, and the next round plans on them. A plan of probed cuts
-  // only is none: nothing to learn from it.
+  // only (met only over the target; each later try would find it too) teaches nothing.
   for (const [marginShare, slackFactor] of EXACT_LADDER) {
     const plan = exactPlan(points, prior, scale, total, n, total / n + slack * slackFactor, min, excessAt, excess.around, marginShare);
+    if (plan === undefined) continue;
     const chosen = take(plan, room, probe, excess);
     if (chosen.length > 0) return chosen;
+    break;
   }
   // No plan: find the largest excess (every dollar of a narrow bracket, else a wave spread evenly).
   let widest: (typeof excesses)[number] | undefined;
