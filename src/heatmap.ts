@@ -346,8 +346,8 @@ async function seedScan(probe: Prober, total: number, options: ScanOptions): Pro
 //      cut at a whole dollar on the counts it predicts and probes, in one round, the cuts it
 //      moved; what a probe shows reshapes the next plan. A bracket holding a new spike's excess
 //      is cut near its edges as a gamble on the spike's side, else with room for either side,
-//      and only with that room once a gamble missed. Back to 3–4 when that finds no plan (or
-//      on 'unreachable').
+//      and only with that room once a gamble missed. Back to 3–4 when that finds no plan, on
+//      more than two excesses (a shape gone wrong, or many new spikes), or on 'unreachable'.
 
 /** Brackets at most this wide (in price, relative to their low end) are interpolated linearly. */
 const NARROW = 0.15;
