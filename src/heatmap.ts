@@ -338,7 +338,7 @@ async function seedScan(probe: Prober, total: number, options: ScanOptions): Pro
 //      last run's points, last run's curve rescaled to the bracket (PriorCurve: it knows where
 //      last night's spikes were); else a monotone curve in (log price, logit share) for a wide
 //      bracket, linear in price for a narrow one, and a bisection when the bracket did not halve
-//      since its last probe. A bracket whose stones stay while its price range shrinks holds a
+//      since its last probe (half way to it below SWEEP_MIN_PARTS partitions). A bracket whose stones stay while its price range shrinks holds a
 //      spike the target sits in: SPIKE_PROBES spread over it (every dollar once it is narrow)
 //      find its edges in a round or two instead of a bisection per round.
 //   5. a warm start with last night's stones per dollar (WarmStart.stones, the raw table) skips
@@ -468,7 +468,7 @@ async function quantileScan(probe: Prober, options: ScanOptions): Promise<Outcom
     for (const hole of holes) {
       if (chosen.length >= room) break;
       const spread = spikes.holds(hole) ? spikes.spread(hole) : undefined;
-      const prices = spread ?? [guess(hole, curve, widthWhenProbed, prior)];
+      const prices = spread ?? [guess(hole, curve, widthWhenProbed, prior, parts < SWEEP_MIN_PARTS ? SMALL_STALL_SHARE : 1)];
       for (const price of prices) {
         if (chosen.length >= room) break;
         if (price === undefined || probe.has(price) || chosen.includes(price)) continue;
@@ -1190,12 +1190,22 @@ class SpikeWatch {
   }
 }
 
+/**
+ * How far a stalled guess moves from the interpolation to the bracket's middle on plans of fewer
+ * than SWEEP_MIN_PARTS partitions (larger ones bisect): their windows are narrow and often near
+ * one end of the bracket, where a bisection overshoots. Incremental cold scans of seeds 101–130,
+ * 201–230, 301–330: 11 / 13 / 14, 12 / 14 / 15, 11 / 14 / 15 count queries (rounds max 8–9) →
+ * 11 / 11 / 12 on each (rounds max 5) at 0.5; 0.25 alike, 0 (no bisection) 10–11 / 11 / 11–12.
+ */
+const SMALL_STALL_SHARE = 0.5;
+
 /** The price to probe for a hole: strictly inside its bracket. */
 function guess(
   hole: Hole,
   curve: MonotoneCurve,
   widthWhenProbed: ReadonlyMap<number, number>,
   prior: PriorCurve | undefined,
+  stallShare: number,
 ): number | undefined {
   const { lo, hi, target } = hole;
   if (hi.price - lo.price <= 1) return undefined;
@@ -1203,18 +1213,22 @@ function guess(
   const fromPrior = prior?.priceAt(target, lo, hi);
   if (fromPrior !== undefined) return fromPrior;
   const width = logPrice(hi.price) - logPrice(lo.price);
-  // Interpolation converging from one side shrinks its bracket slowly: bisect then.
+  // Interpolation converging from one side shrinks its bracket slowly: go `stallShare` of the way to the middle then.
   const stalled = [lo.price, hi.price].some((p) => {
     const before = widthWhenProbed.get(p);
     return before !== undefined && width > 0.5 * before;
   });
   const narrow = hi.price - lo.price <= Math.max(8, NARROW * lo.price);
-  let price: number;
-  if (stalled) price = narrow ? (lo.price + hi.price) / 2 : midpoint(lo.price, hi.price);
-  else if (narrow) price = lo.price + ((target - lo.below) / (hi.below - lo.below)) * (hi.price - lo.price);
+  let interpolated: number;
+  if (narrow) interpolated = lo.price + ((target - lo.below) / (hi.below - lo.below)) * (hi.price - lo.price);
   else {
-    const interpolated = curve.priceAt(target, lo);
-    price = Number.isFinite(interpolated) ? interpolated : midpoint(lo.price, hi.price);
+    const onCurve = curve.priceAt(target, lo);
+    interpolated = Number.isFinite(onCurve) ? onCurve : midpoint(lo.price, hi.price);
+  }
+  let price = interpolated;
+  if (stalled) {
+    const middle = narrow ? (lo.price + hi.price) / 2 : midpoint(lo.price, hi.price);
+    price = interpolated + stallShare * (middle - interpolated);
   }
   return clamp(Math.round(price), lo.price + 1, hi.price - 1);
 }
