@@ -338,8 +338,8 @@ async function seedScan(probe: Prober, total: number, options: ScanOptions): Pro
 //      last run's points, last run's curve rescaled to the bracket (PriorCurve: it knows where
 //      last night's spikes were); else a monotone curve in (log price, logit share) for a wide
 //      bracket, linear in price for a narrow one, and a bisection when the bracket did not halve
-//      since its last probe (half way to it below SWEEP_MIN_PARTS partitions). A bracket whose stones stay while its price range shrinks holds a
-//      spike the target sits in: SPIKE_PROBES spread over it (every dollar once it is narrow)
+//      since its last probe (half way to it below SWEEP_MIN_PARTS partitions). A bracket whose
+//      stones stay while its price range shrinks holds a spike the target sits in: SPIKE_PROBES spread over it (every dollar once it is narrow)
 //      find its edges in a round or two instead of a bisection per round.
 //   5. a warm start with last night's stones per dollar (WarmStart.stones, the raw table) skips
 //      3–4: its shape is exact but for a night's drift and new spikes, so exactPlan plans every
@@ -597,7 +597,7 @@ function excessBrackets(
  * More brackets than this with an excess: the shape is off, or new spikes are many, and the chain
  * does better (a spike's excess can span two brackets). Seeds 101–130: 1 / 2 / 4 give the same
  * spike nights; three new spikes on the 150,000-stone inventory of heatmap.test.ts take 96
- * queries in 10 rounds with the chain, 128 in 14 planning around them (at most n / 4 excesses).
+ * queries in 10 rounds with the chain, 128 in 14 when up to n / 4 excesses are planned around.
  */
 const MAX_EXCESSES = 2;
 
@@ -698,6 +698,7 @@ function exactPlan(
     const a = prior.below(p.price);
     const weight = prior.below(q.price) - a;
     const e = excessAt.get(p.price);
+    const inside = (c: number): number => clamp(c, p.below, q.below);
     let last = p.price;
     for (let x = p.price + step; x < top; x += step) {
       const price = Math.round(x);
@@ -712,15 +713,15 @@ function exactPlan(
         gambles.push(undefined);
         continue;
       }
-      const inside = (c: number): number => clamp(c, p.below, q.below);
       const base = p.below + (prior.below(price) - a) * scale;
       const share = weight > 0 ? (prior.below(price) - a) / weight : (price - p.price) / (q.price - p.price);
       // Near an edge, the excess is taken to lie beyond the cut (a gamble a probe checks); elsewhere, or once around, either side.
       const at = around ? undefined : share <= EXCESS_EDGE ? base : share >= 1 - EXCESS_EDGE ? base + e : undefined;
       if (at !== undefined) {
-        lows.push(inside(at));
-        highs.push(inside(at));
-        gambles.push(inside(at));
+        const c = inside(at);
+        lows.push(c);
+        highs.push(c);
+        gambles.push(c);
       } else {
         lows.push(inside(Math.min(base, base + e)));
         highs.push(inside(Math.max(base, base + e)));
@@ -1219,16 +1220,18 @@ function guess(
     return before !== undefined && width > 0.5 * before;
   });
   const narrow = hi.price - lo.price <= Math.max(8, NARROW * lo.price);
-  let interpolated: number;
-  if (narrow) interpolated = lo.price + ((target - lo.below) / (hi.below - lo.below)) * (hi.price - lo.price);
-  else {
+  const middle = (): number => (narrow ? (lo.price + hi.price) / 2 : midpoint(lo.price, hi.price));
+  const interpolated = (): number => {
+    if (narrow) return lo.price + ((target - lo.below) / (hi.below - lo.below)) * (hi.price - lo.price);
     const onCurve = curve.priceAt(target, lo);
-    interpolated = Number.isFinite(onCurve) ? onCurve : midpoint(lo.price, hi.price);
-  }
-  let price = interpolated;
-  if (stalled) {
-    const middle = narrow ? (lo.price + hi.price) / 2 : midpoint(lo.price, hi.price);
-    price = interpolated + stallShare * (middle - interpolated);
+    return Number.isFinite(onCurve) ? onCurve : midpoint(lo.price, hi.price);
+  };
+  let price: number;
+  if (!stalled) price = interpolated();
+  else if (stallShare >= 1) price = middle();
+  else {
+    const from = interpolated();
+    price = from + stallShare * (middle() - from);
   }
   return clamp(Math.round(price), lo.price + 1, hi.price - 1);
 }
